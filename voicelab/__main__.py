@@ -1,0 +1,5 @@
+"""Command line: ``python -m voicelab doctor | broker | build-image``."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""Exercises of notebook 00 (why queues).
+
+q1: write ``enqueue_job(channel, queue, job)`` that publishes a :class:`~voicelab.jobs.VoiceJob`
+to ``queue`` through the default exchange as JSON, with content type
+``application/json`` and persistent delivery.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict
+from typing import Any, Callable
+
+import pika
+
+from ..broker import shared_broker
+from ..jobs import VoiceJob
+from . import Exercise, Wrong
+
+
+def enqueue_job(channel: Any, queue: str, job: VoiceJob) -> None:
+    """Reference solution of q1."""
+    channel.basic_publish(
+        exchange="",                      # the default exchange routes by queue name
+        routing_key=queue,
+        body=json.dumps({"job_id": job.job_id, "blob_key": job.blob_key, "user_id": job.user_id}),
+        properties=pika.BasicProperties(
+            content_type="application/json",
+            delivery_mode=2,              # persistent: written to disk in a durable queue
+        ),
+    )
+
+
+def _check_enqueue(fn: Callable[..., Any]) -> str:
+    broker = shared_broker()
+    queue = f"check.enqueue.{uuid.uuid4().hex[:8]}"
+    job = VoiceJob.new(blob_key="audio/check.wav", user_id=42)
+    with broker.connect() as connection:
+        channel = connection.channel()
+        channel.queue_declare(queue, durable=True)
+        try:
+            fn(channel, queue, job)
+            if not channel.is_open:
+                raise Wrong("your function closed the channel (or the broker closed it after an error)")
+            got = [channel.basic_get(queue, auto_ack=True) for _ in range(2)]
+        finally:
+            connection.channel().queue_delete(queue)
+    method, props, body = got[0]
+    if method is None:
+        raise Wrong(f"no message reached queue {queue!r}. Publish with exchange='' and routing_key=queue.")
+    if got[1][0] is not None:
+        raise Wrong("more than one message reached the queue: publish the job exactly once.")
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise Wrong(f"the body is not JSON: {body[:60]!r}") from None
+    if data != asdict(job):
+        raise Wrong(f"the body should be the job as a JSON object {asdict(job)}, got {data}")
+    if props.content_type != "application/json":
+        raise Wrong(f"content_type should be 'application/json', got {props.content_type!r}")
+    if props.delivery_mode != 2:
+        raise Wrong(f"delivery_mode should be 2 (persistent), got {props.delivery_mode!r}: "
+                    "a transient message is lost when the broker restarts")
+    return f"The broker received job {job.job_id[:8]}… as persistent JSON on {queue!r}."
+
+
+q1 = Exercise(
+    "ch00.q1", "enqueue a voice job",
+    _check_enqueue,
+    hint="""channel.basic_publish(exchange="", routing_key=queue, body=<JSON text of the job's three fields>,
+    properties=pika.BasicProperties(content_type=..., delivery_mode=...))""",
+    solution=enqueue_job,
+)

@@ -1,0 +1,123 @@
+"""Measuring on the real broker: run sizes, repeated timings into DataFrames, honest plots.
+
+One knob sizes every run: ``VOICELAB_SCALE`` (default 1). CI sets it low to
+run the whole series fast; a learner turns it up for smoother numbers.
+
+Example::
+
+    df = time_calls(lambda i: sum(range(10_000)), n=sized(50), label="sum", repeats=3)
+    summary(df)
+    plot_distributions(df, title="sum(range(10_000))", caption=machine())
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import Any, Callable, Iterable, TypeVar
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+
+def scale() -> float:
+    """The run-size multiplier from ``VOICELAB_SCALE`` (default 1.0)."""
+    raw = os.environ.get("VOICELAB_SCALE", "1")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"VOICELAB_SCALE must be a number like 0.5 or 2, got {raw!r}") from None
+    if not value > 0:
+        raise ValueError(f"VOICELAB_SCALE must be > 0, got {raw!r}")
+    return value
+
+
+def sized(n: int, minimum: int = 3) -> int:
+    """``n`` scaled by :func:`scale`, never below ``minimum``.
+
+    >>> sized(40, minimum=5) >= 5
+    True
+    """
+    return max(minimum, round(n * scale()))
+
+
+def machine() -> str:
+    """A one-line description of this machine for figure captions."""
+    cpu = platform.processor() or platform.machine()
+    with_model = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                with_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores {with_model or cpu}, {platform.system()}, Python {platform.python_version()}"
+
+
+def broker_caption(broker: Any) -> str:
+    """``"RabbitMQ 4.3.6 (container voicelab/rabbitmq:4.3) on 2 cores ..."`` for a figure."""
+    where = broker.backend + (f" {broker.image}" if getattr(broker, "image", None) else "")
+    return f"RabbitMQ {broker.version} ({where}) on {machine()}"
+
+
+def progress(items: Iterable[T], desc: str = "", total: int | None = None) -> Iterable[T]:
+    """A tqdm progress bar that works in notebooks and terminals."""
+    return tqdm(items, desc=desc, total=total, leave=False)
+
+
+def time_calls(fn: Callable[[int], Any], n: int, label: str, repeats: int = 1) -> pd.DataFrame:
+    """Call ``fn(i)`` for i in 0..n-1, ``repeats`` times; one row per call with its wall time in ms."""
+    if n < 1 or repeats < 1:
+        raise ValueError(f"n and repeats must be >= 1, got n={n}, repeats={repeats}")
+    rows = []
+    for r in range(repeats):
+        for i in progress(range(n), desc=f"{label} (repeat {r + 1}/{repeats})"):
+            t0 = time.perf_counter()
+            fn(i)
+            rows.append({"label": label, "repeat": r, "i": i, "ms": (time.perf_counter() - t0) * 1000})
+    return pd.DataFrame(rows)
+
+
+def summary(df: pd.DataFrame, value: str = "ms", by: str = "label") -> pd.DataFrame:
+    """Median, 10th and 90th percentile and count of ``value`` per ``by`` group."""
+    g = df.groupby(by, sort=False)[value]
+    return pd.DataFrame({
+        "median": g.median(), "p10": g.quantile(0.1), "p90": g.quantile(0.9), "n": g.size(),
+    })
+
+
+def plot_distributions(df: pd.DataFrame, value: str = "ms", by: str = "label", *, unit: str = "ms",
+                       log: bool = True, title: str = "", caption: str = "", ax: plt.Axes | None = None) -> plt.Axes:
+    """Every measurement as a point (jittered, coloured by repeat) with its group's median and 10-90 % range."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.8))
+    rng = np.random.default_rng(0)
+    groups = list(dict.fromkeys(df[by]))
+    for x, name in enumerate(groups):
+        part = df[df[by] == name]
+        jitter = rng.uniform(-0.18, 0.18, len(part))
+        colours = part["repeat"] if "repeat" in part else None
+        ax.scatter(x + jitter, part[value], s=12, alpha=0.6, c=colours, cmap="viridis", zorder=2)
+        med, lo, hi = part[value].median(), part[value].quantile(0.1), part[value].quantile(0.9)
+        ax.hlines(med, x - 0.3, x + 0.3, colors="crimson", linewidth=2.5, zorder=3)
+        ax.vlines(x + 0.33, lo, hi, colors="crimson", linewidth=1.2, zorder=3)
+        ax.annotate(f"median {med:.3g} {unit}", (x + 0.36, med), va="center", fontsize=8, color="crimson")
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_xlim(-0.5, len(groups) - 0.5 + 0.6)
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylabel(f"{value} ({unit})")
+    n_rep = df["repeat"].nunique() if "repeat" in df else 1
+    ax.set_title(title + (f"\n{len(df)} measurements, {n_rep} repeat(s); points coloured by repeat" if title else ""),
+                 fontsize=10)
+    if caption:
+        ax.figure.text(0.01, 0.005, caption, fontsize=7, color="0.35", ha="left", va="bottom")
+        ax.figure.subplots_adjust(bottom=0.18)
+    ax.grid(axis="y", alpha=0.3, which="both")
+    return ax
