@@ -1,0 +1,33 @@
+"""The measuring kit: run sizes, timings, summaries and plots."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest
+
+from voicelab import measure
+
+
+def test_scale_knob(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOICELAB_SCALE", "0.1")
+    assert measure.sized(100) == 10 and measure.sized(10, minimum=5) == 5
+    monkeypatch.setenv("VOICELAB_SCALE", "lots")
+    with pytest.raises(ValueError, match="VOICELAB_SCALE.*'lots'"):
+        measure.scale()
+    monkeypatch.setenv("VOICELAB_SCALE", "-1")
+    with pytest.raises(ValueError, match="> 0"):
+        measure.scale()
+
+
+def test_time_calls_summary_and_plot() -> None:
+    df = measure.time_calls(lambda i: sum(range(1000 * (i + 1))), n=5, label="sum", repeats=2)
+    assert list(df.columns) == ["label", "repeat", "i", "ms"] and len(df) == 10 and (df["ms"] > 0).all()
+    s = measure.summary(df)
+    assert s.loc["sum", "n"] == 10 and s.loc["sum", "p10"] <= s.loc["sum", "median"] <= s.loc["sum", "p90"]
+    ax = measure.plot_distributions(df, title="t", caption=measure.machine())
+    assert ax.get_ylabel() == "ms (ms)" and "2 repeat(s)" in ax.get_title()
+    with pytest.raises(ValueError, match="repeats"):
+        measure.time_calls(lambda i: None, n=1, label="x", repeats=0)
