@@ -60,7 +60,7 @@ def test_ch00_wrong_answers_fail_with_a_reason(as_shared, wrong, says) -> None:
 
 
 def test_check_prints_the_verdict(as_shared, capsys) -> None:
-    assert ch00.q1.check(ch00.enqueue_job)
+    ch00.q1.check(ch00.enqueue_job)
     assert "✓" in capsys.readouterr().out
     ch00.q1.hint()
     assert "basic_publish" in capsys.readouterr().out

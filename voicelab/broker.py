@@ -41,6 +41,8 @@ import pika
 import pika.exceptions
 import requests
 
+from . import reaper
+
 DEFAULT_IMAGE = "rabbitmq:4.3-management"
 STATS_INTERVAL_MS = 1000  # management statistics refresh (RabbitMQ's default is 5000)
 Backend = Literal["auto", "url", "container", "local"]
@@ -358,6 +360,7 @@ class ContainerBroker(Broker):
         self._container = c
         try:
             c.start()
+            reaper.watch(container_id=c.get_wrapped_container().id)
             self.wait_ready()
         except BaseException:
             self.stop()
@@ -492,6 +495,7 @@ class LocalBroker(Broker):
             start_new_session=True,  # its own process group: Ctrl-C in the notebook does not hit it, stop() kills it all
         )
         log.close()
+        reaper.watch(pgid=self._proc.pid, path=str(self.dir))
         _LIVE.add(self)
         try:
             self.wait_ready()

@@ -67,8 +67,8 @@ def broker_caption(broker: Any) -> str:
 
 
 def progress(items: Iterable[T], desc: str = "", total: int | None = None) -> Iterable[T]:
-    """A tqdm progress bar that works in notebooks and terminals."""
-    return tqdm(items, desc=desc, total=total, leave=False)
+    """A tqdm progress bar that works in notebooks and terminals; shown only for loops longer than 2 s."""
+    return tqdm(items, desc=desc, total=total, leave=False, delay=2)
 
 
 def time_calls(fn: Callable[[int], Any], n: int, label: str, repeats: int = 1) -> pd.DataFrame:

@@ -72,11 +72,9 @@ class Exercise:
                                       f"  Hint: {self._hint}")
         return CheckResult(True, f"✓ {self.name}: correct. {detail}")
 
-    def check(self, fn: Callable[..., Any]) -> CheckResult:
-        """Check ``fn`` on the broker and print the verdict (this helper reports by design)."""
-        result = self.run(fn)
-        print(result.message)
-        return result
+    def check(self, fn: Callable[..., Any]) -> None:
+        """Check ``fn`` on the broker and print the verdict (this helper reports by design; see :meth:`run`)."""
+        print(self.run(fn).message)
 
     def hint(self) -> None:
         """Print a hint."""

@@ -1,0 +1,25 @@
+# make lab   : create .venv if missing, install, check that a broker can be had, open JupyterLab
+# make test  : same bootstrap, then the whole suite (unit tests + every notebook under nbval)
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: lab test doctor clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { echo "could not create $(VENV): install python3-venv (Debian/Ubuntu: sudo apt-get install python3-venv)"; exit 1; }
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[lab,test]'
+	@touch $@
+
+doctor: $(VENV)/.installed
+	$(PY) -m voicelab doctor --ensure
+
+lab: doctor
+	$(VENV)/bin/jupyter lab notebooks/
+
+test: doctor
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) *.egg-info

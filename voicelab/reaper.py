@@ -1,0 +1,108 @@
+"""A watchdog that removes a broker when the process that started it dies, however it dies.
+
+``atexit`` does not run when a process is killed (a Jupyter kernel that is
+restarted or shut down hard, ``kill -9``, a crashed test run). So every broker
+voicelab starts gets a small detached watchdog process, like testcontainers'
+Ryuk (whose image cannot be pulled without a registry): it waits for the owner
+to exit, then removes the container, or kills the node's process group and
+deletes its folder. It exits by itself as soon as the broker is gone.
+
+Example::
+
+    watch(container_id="3f2a...")   # from the process that owns the container
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+
+def watch(*, container_id: str | None = None, pgid: int | None = None, path: str | None = None) -> None:
+    """Start a detached watchdog for a container or a process group (and its folder) owned by this process."""
+    args = [sys.executable, "-m", "voicelab.reaper", str(os.getpid())]
+    if container_id:
+        args += ["--container", container_id]
+    if pgid:
+        args += ["--pgid", str(pgid)]
+    if path:
+        args += ["--path", path]
+    subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True, close_fds=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _container(container_id: str):  # type: ignore[no-untyped-def]
+    import docker
+    import docker.errors
+
+    client = docker.from_env(timeout=30)
+    try:
+        return client, client.containers.get(container_id)
+    except docker.errors.NotFound:
+        client.close()
+        return None, None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m voicelab.reaper")
+    p.add_argument("owner", type=int)
+    p.add_argument("--container")
+    p.add_argument("--pgid", type=int)
+    p.add_argument("--path")
+    a = p.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C meant for the owner must not stop the watchdog
+    checks = 0
+    while _alive(a.owner):
+        time.sleep(0.5)
+        checks += 1
+        if checks % 10 == 0:  # every 5 s: is the broker gone already? then nothing to watch
+            if a.pgid and not _group_alive(a.pgid):
+                return 0
+            if a.container:
+                client, c = _container(a.container)
+                if c is None:
+                    return 0
+                client.close()
+    if a.pgid and _group_alive(a.pgid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(a.pgid, signal.SIGKILL)
+    if a.path:
+        time.sleep(0.5)
+        shutil.rmtree(a.path, ignore_errors=True)
+    if a.container:
+        client, c = _container(a.container)
+        if c is not None:
+            with contextlib.suppress(Exception):
+                c.remove(force=True, v=True)
+            client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
