@@ -63,9 +63,9 @@ def start_backend(backend: str, image: str | None) -> vb.Broker:
     return vb.LocalBroker().start()
 
 
-@pytest.fixture(scope="module", params=backend_params())
+@pytest.fixture(scope="session", params=backend_params())
 def any_broker(request: pytest.FixtureRequest):
-    """A broker per backend and image, shared by the tests of one module."""
+    """A broker per backend and image; pytest groups the tests by broker so each starts once."""
     backend, image = request.param
     broker = start_backend(backend, image)
     yield broker

@@ -27,7 +27,7 @@ def test_time_calls_summary_and_plot() -> None:
     assert list(df.columns) == ["label", "repeat", "i", "ms"] and len(df) == 10 and (df["ms"] > 0).all()
     s = measure.summary(df)
     assert s.loc["sum", "n"] == 10 and s.loc["sum", "p10"] <= s.loc["sum", "median"] <= s.loc["sum", "p90"]
-    ax = measure.plot_distributions(df, title="t", caption=measure.machine())
-    assert ax.get_ylabel() == "ms (ms)" and "2 repeat(s)" in ax.get_title()
+    ax = measure.plot_distributions(df, title="t", caption=measure.machine(), ylabel="time")
+    assert ax.get_ylabel() == "time (ms)" and "2 repeat(s)" in ax.get_title()
     with pytest.raises(ValueError, match="repeats"):
         measure.time_calls(lambda i: None, n=1, label="x", repeats=0)

@@ -93,6 +93,7 @@ def summary(df: pd.DataFrame, value: str = "ms", by: str = "label") -> pd.DataFr
 
 
 def plot_distributions(df: pd.DataFrame, value: str = "ms", by: str = "label", *, unit: str = "ms",
+                       ylabel: str = "",
                        log: bool = True, title: str = "", caption: str = "", ax: plt.Axes | None = None) -> plt.Axes:
     """Every measurement as a point (jittered, coloured by repeat) with its group's median and 10-90 % range."""
     if ax is None:
@@ -112,7 +113,7 @@ def plot_distributions(df: pd.DataFrame, value: str = "ms", by: str = "label", *
     ax.set_xlim(-0.5, len(groups) - 0.5 + 0.6)
     if log:
         ax.set_yscale("log")
-    ax.set_ylabel(f"{value} ({unit})")
+    ax.set_ylabel(f"{ylabel or value} ({unit})")
     n_rep = df["repeat"].nunique() if "repeat" in df else 1
     ax.set_title(title + (f"\n{len(df)} measurements, {n_rep} repeat(s); points coloured by repeat" if title else ""),
                  fontsize=10)
