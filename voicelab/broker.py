@@ -44,7 +44,7 @@ import requests
 from . import reaper
 
 DEFAULT_IMAGE = "rabbitmq:4.3-management"
-STATS_INTERVAL_MS = 1000  # management statistics refresh (RabbitMQ's default is 5000)
+STATS_INTERVAL_MS = 1000  # event emission interval (default 5000); queue counters still refresh every 5 s
 Backend = Literal["auto", "url", "container", "local"]
 
 HOW_TO_GET_A_BROKER = """\

@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import time
@@ -121,4 +122,58 @@ def plot_distributions(df: pd.DataFrame, value: str = "ms", by: str = "label", *
         ax.figure.text(0.01, 0.005, caption, fontsize=7, color="0.35", ha="left", va="bottom")
         ax.figure.subplots_adjust(bottom=0.18)
     ax.grid(axis="y", alpha=0.3, which="both")
+    return ax
+
+
+def sweep(fn: Callable[..., Any], grid: dict[str, list[Any]], repeats: int = 3, desc: str = "") -> pd.DataFrame:
+    """Run ``fn(**point)`` for every point of ``grid`` (the product of its lists), ``repeats`` times.
+
+    ``fn`` returns a number (stored as ``value``) or a dict of columns. Repeats
+    are interleaved (every point once, then again), so slow drift in the
+    machine spreads over all points instead of biasing one.
+
+    >>> sweep(lambda x: x * 2, {"x": [1, 2]}, repeats=2)["value"].tolist()
+    [2, 4, 2, 4]
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    keys = list(grid)
+    points = [dict(zip(keys, values)) for values in itertools.product(*grid.values())]
+    rows = []
+    for r, point in progress([(r, p) for r in range(repeats) for p in points], desc=desc or "sweep"):
+        out = fn(**point)
+        rows.append({**point, "repeat": r, **(out if isinstance(out, dict) else {"value": out})})
+    return pd.DataFrame(rows)
+
+
+def plot_sweep(df: pd.DataFrame, x: str, y: str = "value", *, by: str | None = None, xlabel: str = "",
+               ylabel: str = "", logx: bool = False, logy: bool = False, title: str = "", caption: str = "",
+               categorical: bool = False, ax: plt.Axes | None = None) -> plt.Axes:
+    """Each repeat as a point, the median per ``x`` as a line (one line per ``by`` group)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.8))
+    groups = [(None, df)] if by is None else list(df.groupby(by, sort=False))
+    order = list(dict.fromkeys(df[x]))
+    pos = (lambda v: order.index(v)) if categorical else (lambda v: v)
+    for name, part in groups:
+        med = part.groupby(x, sort=False)[y].median()
+        xs = [pos(v) for v in med.index]
+        line, = ax.plot(xs, med.values, marker="o", label=None if name is None else str(name))
+        ax.scatter([pos(v) for v in part[x]], part[y], s=14, alpha=0.45, color=line.get_color())
+    if categorical:
+        ax.set_xticks(range(len(order)), [str(v) for v in order])
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(ylabel or y)
+    n_rep = df["repeat"].nunique() if "repeat" in df else 1
+    ax.set_title(f"{title}\nlines: medians of {n_rep} repeats (points)" if title else "", fontsize=10)
+    if by is not None:
+        ax.legend(fontsize=8)
+    if caption:
+        ax.figure.text(0.01, 0.005, caption, fontsize=7, color="0.35", ha="left", va="bottom")
+        ax.figure.subplots_adjust(bottom=0.2)
+    ax.grid(alpha=0.3, which="both")
     return ax

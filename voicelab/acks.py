@@ -1,0 +1,205 @@
+"""Acknowledgements on the real broker: what a crash loses, what ack, nack and reject do.
+
+:func:`crash_consumer` runs a real consumer *process*, kills it with SIGKILL in
+the middle of a batch and accounts for every message: processed, still in the
+queue, or lost. The child's code lives here, not in a notebook, so that it can
+be started with ``spawn`` (macOS, Windows) as well as ``fork``.
+
+Example::
+
+    crash_consumer(broker, "crash_demo", n=300, auto_ack=True, kill_after=30)
+    # {'mode': 'auto-ack', 'processed': 30, 'requeued': 0, 'lost': 270, ...}
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+import pika
+
+from .broker import Broker
+from .queues import declare_job_queue, dlq_name
+
+
+def _consumer_main(url: str, queue: str, auto_ack: bool, prefetch: int, job_seconds: float, log_path: str) -> None:
+    """Child process: consume ``queue``, 'process' each message, log its id, ack after (manual mode)."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    channel.basic_qos(prefetch_count=prefetch)
+    with open(log_path, "a", buffering=1) as log:
+        def on_message(ch, method, properties, body):  # type: ignore[no-untyped-def]
+            time.sleep(job_seconds)
+            log.write(body.decode() + "\n")
+            if not auto_ack:
+                ch.basic_ack(method.delivery_tag)
+
+        channel.basic_consume(queue, on_message, auto_ack=auto_ack)
+        channel.start_consuming()
+
+
+def _lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line]
+
+
+def crash_consumer(broker: Broker, queue: str, n: int, *, auto_ack: bool, prefetch: int = 10,
+                   job_seconds: float = 0.005, kill_after: int = 20, timeout: float = 60) -> dict[str, Any]:
+    """Fill ``queue`` with ``n`` numbered messages, let a consumer process handle ``kill_after``, SIGKILL it.
+
+    Returns counts the broker and the child's log agree on: ``processed`` (by the
+    child), ``requeued`` (back in the queue), ``redelivered`` (of those, flagged
+    as delivered before), ``lost`` (neither processed nor in the queue) and
+    ``twice`` (processed, but back in the queue because the ack never left: at-least-once).
+    """
+    if not 0 < kill_after < n:
+        raise ValueError(f"kill_after must be between 1 and n-1={n - 1}, got {kill_after}")
+    with broker.connect() as connection:
+        channel = connection.channel()
+        channel.queue_delete(queue)
+        channel.queue_declare(queue, durable=True)
+        channel.confirm_delivery()
+        for i in range(n):
+            channel.basic_publish("", queue, str(i).encode(), pika.BasicProperties(delivery_mode=2))
+    with tempfile.TemporaryDirectory(prefix="voicelab-crash-") as tmp:
+        log = Path(tmp, "processed.log")
+        log.touch()
+        ctx = multiprocessing.get_context("spawn")
+        child = ctx.Process(target=_consumer_main, daemon=True,
+                            args=(broker.amqp_url, queue, auto_ack, prefetch, job_seconds, str(log)))
+        child.start()
+        try:
+            deadline = time.monotonic() + timeout
+            while len(_lines(log)) < kill_after:
+                if not child.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"the consumer process processed {len(_lines(log))} messages, then "
+                                       f"{'died' if not child.is_alive() else 'timed out'}")
+                time.sleep(0.002)
+            os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        finally:
+            child.join(10)
+            if child.is_alive():
+                child.kill()
+        processed = _lines(log)
+    back: dict[str, bool] = {}
+    with broker.connect() as connection:
+        channel = connection.channel()
+        deadline = time.monotonic() + timeout  # the broker notices the dead connection, then requeues
+        while channel.queue_declare(queue, passive=True).method.consumer_count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        while True:
+            method, _, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                break
+            back[body.decode()] = method.redelivered
+        channel.queue_delete(queue)
+    everything = {str(i) for i in range(n)}
+    return {
+        "mode": "auto-ack" if auto_ack else "manual ack",
+        "prefetch": prefetch,
+        "sent": n,
+        "processed": len(set(processed)),
+        "requeued": len(back),
+        "redelivered": sum(back.values()),
+        "lost": len(everything - set(processed) - set(back)),
+        "twice": len(set(processed) & set(back)),
+    }
+
+
+SETTLEMENTS = ("ack", "nack requeue=True", "nack requeue=False", "reject requeue=True", "reject requeue=False",
+               "no ack, channel closed")
+
+
+def settle(broker: Broker, how: str, queue: str = "settle_demo") -> dict[str, Any]:
+    """Deliver one message, settle it ``how`` (one of :data:`SETTLEMENTS`), and report where it went.
+
+    The queue has a dead-letter queue, so ``requeue=False`` shows where rejected messages go.
+    """
+    if how not in SETTLEMENTS:
+        raise ValueError(f"how must be one of {SETTLEMENTS}, got {how!r}")
+    with broker.connect() as connection:
+        channel = connection.channel()
+        channel.queue_delete(queue)
+        channel.queue_delete(dlq_name(queue))
+        declare_job_queue(channel, queue)
+        channel.confirm_delivery()
+        channel.basic_publish("", queue, b"job", pika.BasicProperties(delivery_mode=2))
+        work = connection.channel()
+        method, _, _ = work.basic_get(queue)
+        tag = method.delivery_tag
+        if how == "ack":
+            work.basic_ack(tag)
+        elif how.startswith("nack"):
+            work.basic_nack(tag, requeue=how.endswith("True"))
+        elif how.startswith("reject"):
+            work.basic_reject(tag, requeue=how.endswith("True"))
+        else:
+            work.close()
+        again, _, _ = channel.basic_get(queue, auto_ack=True)
+        dead, props, _ = channel.basic_get(dlq_name(queue), auto_ack=True)
+        reason = (props.headers or {}).get("x-death", [{}])[0].get("reason") if dead else None
+        channel.queue_delete(queue)
+        channel.queue_delete(dlq_name(queue))
+    return {
+        "settled with": how,
+        "back in queue": again is not None,
+        "redelivered flag": bool(again and again.redelivered),
+        "in dead-letter queue": dead is not None,
+        "x-death reason": reason or "",
+    }
+
+
+def forgotten_acks(broker: Broker, queue: str, n: int, hold: float = 8.0, after: float = 8.0,
+                   every: float = 0.5) -> tuple["pd.DataFrame", int]:
+    """A consumer that never acks: sample the broker's counters while it runs and after its channel closes.
+
+    Returns the samples (``t`` seconds, ``phase``, ``ready``, ``unacked`` from the
+    management API) and how many of the ``n`` messages came back flagged ``redelivered``.
+    The management API's queue counters refresh every 5 s, so each phase lasts longer than that.
+    """
+    import pandas as pd
+
+    from .management import Management
+
+    mgmt = Management(broker)
+    with broker.connect() as connection:
+        channel = connection.channel()
+        channel.queue_delete(queue)
+        channel.queue_declare(queue, durable=True)
+        channel.confirm_delivery()
+        for i in range(n):
+            channel.basic_publish("", queue, str(i).encode(), pika.BasicProperties(delivery_mode=2))
+        mgmt.wait_for(queue, lambda q: q.get("messages_ready") == n)
+        samples = []
+        t0 = time.monotonic()
+
+        def sample(phase: str) -> None:
+            q = mgmt.queue(queue)
+            samples.append({"t": time.monotonic() - t0, "phase": phase, "ready": q.get("messages_ready", 0),
+                            "unacked": q.get("messages_unacknowledged", 0)})
+
+        forgetful = connection.channel()
+        forgetful.basic_consume(queue, lambda ch, method, properties, body: None)  # receives, never acks
+        while time.monotonic() - t0 < hold:
+            connection.process_data_events(time_limit=every)
+            sample("consumer running, no acks")
+        forgetful.close()
+        while time.monotonic() - t0 < hold + after:
+            time.sleep(every)
+            sample("its channel closed")
+        redelivered = 0
+        while True:
+            method, _, _ = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                break
+            redelivered += method.redelivered
+        channel.queue_delete(queue)
+    mgmt.close()
+    return pd.DataFrame(samples), redelivered

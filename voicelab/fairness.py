@@ -1,0 +1,151 @@
+"""Several consumers on one queue: who gets which job, and when the last one finishes.
+
+Each consumer is a thread with its *own* connection (a pika connection must
+never be shared between threads; separate connections are safe). Jobs carry
+their duration, so uneven work is reproducible. The result is a timeline, one
+row per job: which consumer did it, when it started and ended.
+
+Example::
+
+    fill_jobs(broker, "fair", [0.01] * 50)
+    timeline = run_consumers(broker, "fair", consumers=3, prefetch=1)
+    timeline.groupby("consumer").size()
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import pika
+
+from .broker import Broker
+
+
+def uneven_durations(n: int, short: float = 0.01, long: float = 0.2, every: int = 5) -> list[float]:
+    """``n`` job durations in seconds: mostly ``short``, every ``every``-th one ``long``.
+
+    >>> uneven_durations(6, every=3)
+    [0.2, 0.01, 0.01, 0.2, 0.01, 0.01]
+    """
+    return [long if i % every == 0 else short for i in range(n)]
+
+
+def fill_jobs(broker: Broker, queue: str, durations: list[float], purge: bool = True) -> None:
+    """Declare ``queue`` durable, empty it (unless ``purge=False``), publish one job per duration (confirmed)."""
+    with broker.connect() as connection:
+        channel = connection.channel()
+        channel.queue_declare(queue, durable=True)
+        if purge:
+            channel.queue_purge(queue)
+        channel.confirm_delivery()
+        for i, seconds in enumerate(durations):
+            channel.basic_publish("", queue, json.dumps({"job": i, "seconds": seconds}),
+                                  pika.BasicProperties(delivery_mode=2, content_type="application/json"))
+
+
+def _consumer(broker: Broker, queue: str, name: str, prefetch: int, total: int, done: list[int],
+              lock: threading.Lock, rows: list[dict[str, Any]], t0: float, deadline: float,
+              errors: list[BaseException]) -> None:
+    try:
+        params = broker.parameters(client_properties={"connection_name": f"voicelab {name}"})
+        with pika.BlockingConnection(params) as connection:
+            channel = connection.channel()
+            channel.basic_qos(prefetch_count=prefetch)
+            for method, _, body in channel.consume(queue, inactivity_timeout=0.05):
+                with lock:
+                    finished = done[0] >= total
+                if finished or time.monotonic() > deadline:
+                    break
+                if method is None:
+                    continue
+                job = json.loads(body)
+                start = time.monotonic() - t0
+                time.sleep(job["seconds"])  # the work: waiting, like a call to another service
+                channel.basic_ack(method.delivery_tag)
+                with lock:
+                    done[0] += 1
+                    rows.append({"consumer": name, "job": job["job"], "seconds": job["seconds"],
+                                 "start": start, "end": time.monotonic() - t0, "redelivered": method.redelivered})
+            channel.cancel()
+    except BaseException as e:  # reported by run_consumers, never swallowed
+        errors.append(e)
+
+
+def run_consumers(broker: Broker, queue: str, consumers: int, prefetch: int, total: int | None = None,
+                  stagger: float = 0.0, timeout: float = 120.0, publish: list[float] | None = None) -> pd.DataFrame:
+    """Run ``consumers`` threads on ``queue`` at ``prefetch`` (0 = unlimited) until ``total`` jobs are done.
+
+    ``stagger`` seconds pass between consumer starts, as when workers come up
+    one after another on a deploy. With ``publish`` (job durations), the queue
+    is emptied and the jobs are published only once every consumer is attached.
+    Returns the timeline (see module docstring); its ``start``/``end`` are
+    seconds since the first consumer started.
+    """
+    if consumers < 1 or prefetch < 0:
+        raise ValueError(f"consumers must be >= 1 and prefetch >= 0, got {consumers}, {prefetch}")
+    if publish is not None:
+        fill_jobs(broker, queue, [])
+        total = len(publish)
+    if total is None:
+        with broker.connect() as connection:
+            total = connection.channel().queue_declare(queue, passive=True).method.message_count
+    done, lock, rows, errors = [0], threading.Lock(), [], []  # type: ignore[var-annotated]
+    t0 = time.monotonic()
+    threads = []
+    for i in range(consumers):
+        t = threading.Thread(target=_consumer, daemon=True, name=f"consumer-{i + 1}",
+                             args=(broker, queue, f"consumer {i + 1}", prefetch, total, done, lock, rows, t0,
+                                   t0 + timeout, errors))
+        t.start()
+        threads.append(t)
+        if stagger and i < consumers - 1:
+            time.sleep(stagger)
+    if publish is not None:
+        with broker.connect() as connection:
+            channel = connection.channel()
+            deadline = time.monotonic() + 10
+            while channel.queue_declare(queue, passive=True).method.consumer_count < consumers:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the consumers did not attach within 10 s")
+                time.sleep(0.01)
+        fill_jobs(broker, queue, publish, purge=False)
+    for t in threads:
+        t.join(timeout + 10)
+    if errors:
+        raise RuntimeError(f"{len(errors)} consumer(s) failed") from errors[0]
+    if done[0] < total:
+        raise TimeoutError(f"only {done[0]} of {total} jobs done in {timeout} s")
+    return pd.DataFrame(rows).sort_values("start", ignore_index=True)
+
+
+def shares(timeline: pd.DataFrame) -> pd.DataFrame:
+    """Per consumer: jobs done, busy seconds, share of all jobs, and when its last job ended."""
+    g = timeline.groupby("consumer")
+    out = pd.DataFrame({"jobs": g.size(), "busy_s": g["seconds"].sum(), "last_end_s": g["end"].max()})
+    out["share"] = out["jobs"] / out["jobs"].sum()
+    return out
+
+
+def plot_timeline(timeline: pd.DataFrame, title: str = "", ax: plt.Axes | None = None) -> plt.Axes:
+    """One row per consumer, one bar per job (long jobs darker); a line where the last job ends."""
+    names = sorted(timeline["consumer"].unique())
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 0.6 + 0.5 * len(names)))
+    long = timeline["seconds"].max()
+    for y, name in enumerate(names):
+        part = timeline[timeline["consumer"] == name]
+        colours = ["#1f4e99" if s == long else "#8fb3e6" for s in part["seconds"]]
+        ax.broken_barh(list(zip(part["start"], part["end"] - part["start"])), (y - 0.35, 0.7),
+                       facecolors=colours, edgecolor="white", linewidth=0.3)
+    makespan = timeline["end"].max()
+    ax.axvline(makespan, color="crimson", linestyle="--", linewidth=1)
+    ax.annotate(f" all done: {makespan:.2f} s", (makespan, len(names) - 0.5), color="crimson", fontsize=8)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("time since the first consumer started (s)")
+    ax.set_title(title, fontsize=10)
+    return ax
