@@ -1,0 +1,20 @@
+"""The examples in voicelab's docstrings that run without a broker run, and are right."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["broker", "jobs", "measure", "routing", "fairness", "queues", "throughput", "acks", "management",
+           "worker", "uploads", "reaper", "cli", "exercises"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_doctests(name: str) -> None:
+    module = importlib.import_module(f"voicelab.{name}")
+    assert module.__doc__ and "Example" in module.__doc__ or ">>>" in (module.__doc__ or "") or name in (
+        "cli", "exercises"), f"voicelab.{name} needs a module docstring with an example"
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0

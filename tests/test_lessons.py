@@ -1,0 +1,67 @@
+"""The library behind notebooks 01-03, on every broker: routing, throughput, acks, prefetch fairness."""
+
+from __future__ import annotations
+
+import pytest
+
+from voicelab import broker as vb
+from voicelab.acks import SETTLEMENTS, crash_consumer, settle
+from voicelab.fairness import fill_jobs, run_consumers, shares, uneven_durations
+from voicelab.management import Management
+from voicelab.routing import declare_routing, delete_routing, job_keys, landed, publish_keys
+from voicelab.throughput import consume_pull, consume_push, fill_queue, publish_rate
+
+
+def test_topic_routing_and_unroutable(any_broker: vb.Broker, channel) -> None:
+    declare_routing(channel, "t.topic", "topic", {"t.en": ["en.*"], "t.high": ["*.high"]})
+    lost = publish_keys(channel, "t.topic", job_keys())
+    got = landed(channel, ["t.en", "t.high"])
+    assert got == {"t.en": ["en.high", "en.low"], "t.high": ["de.high", "en.high", "fr.high"]}
+    assert lost == ["de.low", "fr.low"]  # matched no binding: returned, not silently dropped
+    bindings = Management(any_broker).bindings("t.topic")
+    assert sorted(b["routing_key"] for b in bindings) == ["*.high", "en.*"]
+    delete_routing(channel, "t.topic", ["t.en", "t.high"])
+    with pytest.raises(ValueError, match="'topics'"):
+        declare_routing(channel, "x", "topics", {})
+
+
+def test_throughput_helpers_move_every_message(any_broker: vb.Broker, channel) -> None:
+    assert publish_rate(any_broker, "t.bench", 200, 1000, confirm=True) > 0
+    fill_queue(any_broker, "t.bench", 300)
+    assert channel.queue_declare("t.bench", passive=True).method.message_count == 300
+    assert consume_pull(any_broker, "t.bench", 100) > 0
+    assert consume_push(any_broker, "t.bench", 200, prefetch=50, ack_every=25) > 0
+    assert channel.queue_declare("t.bench", passive=True).method.message_count == 0
+    with pytest.raises(ValueError, match="stall"):
+        consume_push(any_broker, "t.bench", 10, prefetch=5, ack_every=10)
+    with pytest.raises(RuntimeError, match="ran dry"):
+        consume_pull(any_broker, "t.bench", 1)
+    channel.queue_delete("t.bench")
+
+
+def test_killed_consumer_auto_ack_loses_manual_ack_does_not(any_broker: vb.Broker) -> None:
+    auto = crash_consumer(any_broker, "t.crash", 200, auto_ack=True, kill_after=20)
+    manual = crash_consumer(any_broker, "t.crash", 200, auto_ack=False, prefetch=10, kill_after=20)
+    assert auto["lost"] > 0
+    assert manual["lost"] == 0 and 1 <= manual["redelivered"] <= 10
+    assert manual["processed"] + manual["requeued"] - manual["twice"] == 200
+
+
+@pytest.mark.parametrize("how", SETTLEMENTS)
+def test_settlements(any_broker: vb.Broker, how: str) -> None:
+    out = settle(any_broker, how)
+    requeued = how in ("nack requeue=True", "reject requeue=True", "no ack, channel closed")
+    assert out["back in queue"] is requeued and out["redelivered flag"] is requeued
+    assert out["in dead-letter queue"] is how.endswith("requeue=False")
+
+
+def test_prefetch_fairness(any_broker: vb.Broker) -> None:
+    jobs = uneven_durations(30, short=0.005, long=0.05, every=3)
+    fill_jobs(any_broker, "t.fair", jobs)
+    greedy = shares(run_consumers(any_broker, "t.fair", 3, prefetch=0, stagger=0.1))
+    fill_jobs(any_broker, "t.fair", jobs)
+    fair = shares(run_consumers(any_broker, "t.fair", 3, prefetch=1, stagger=0.1))
+    assert greedy["jobs"].sum() == fair["jobs"].sum() == 30
+    assert greedy["share"].max() > 0.9 and fair["share"].min() > 0.15
+    attached = shares(run_consumers(any_broker, "t.fair", 3, prefetch=0, publish=jobs))
+    assert attached["jobs"].tolist() == [10, 10, 10]  # round-robin when all are attached first
