@@ -1,6 +1,8 @@
 """Two upload handlers for the same voice job: one that makes the user wait, one that queues.
 
-The guide's "problems without queues / solution with queues", runnable::
+The guide's "problems without queues / solution with queues", runnable.
+
+Example::
 
     store = BlobStore.temporary()
     audio = wav_bytes(synth_speech(seed=1))
