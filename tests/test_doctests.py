@@ -8,6 +8,7 @@ import importlib
 import pytest
 
 MODULES = ["broker", "jobs", "measure", "routing", "fairness", "queues", "throughput", "acks", "management",
+           "concurrency", "fleet", "heartbeats",
            "worker", "uploads", "reaper", "cli", "exercises"]
 
 

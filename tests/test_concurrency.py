@@ -1,0 +1,119 @@
+"""Concurrency on every broker: the thread-pool consumer, the guide's broken one, heartbeats, fleets."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pika
+import pytest
+
+from voicelab import broker as vb
+from voicelab.concurrency import ThreadPoolConsumer, run_guide_processor
+from voicelab.exercises import ch04
+from voicelab.fleet import cpu_jobs, io_jobs, run_fleet
+from voicelab.heartbeats import long_job
+from voicelab.management import Management
+from voicelab.queues import declare_job_queue, dlq_name
+from voicelab.throughput import fill_queue
+
+
+def _numbered(broker: vb.Broker, queue: str, n: int) -> None:
+    with broker.connect() as connection:
+        channel = connection.channel()
+        channel.queue_delete(queue)
+        channel.queue_delete(dlq_name(queue))
+        declare_job_queue(channel, queue)
+        channel.confirm_delivery()
+        for i in range(n):
+            channel.basic_publish("", queue, str(i).encode(), pika.BasicProperties(delivery_mode=2))
+
+
+def test_thread_pool_acks_5000_exactly_once(any_broker: vb.Broker) -> None:
+    _numbered(any_broker, "t.pool", 5000)
+    seen: list[bytes] = []
+    lock = threading.Lock()
+
+    def handler(body: bytes) -> None:
+        time.sleep(0.0005)
+        with lock:
+            seen.append(body)
+
+    stats = ThreadPoolConsumer(any_broker, "t.pool", handler, threads=10, prefetch=10).run(idle_timeout=1.0)
+    assert stats.acked == 5000 and stats.rejected == 0 and stats.requeued == 0
+    assert len(seen) == len(set(seen)) == 5000
+    q = Management(any_broker).wait_for(
+        "t.pool", lambda q: q.get("message_stats", {}).get("ack") == 5000 and q.get("messages") == 0, timeout=20)
+    assert q["message_stats"].get("redeliver", 0) == 0
+
+
+def test_thread_pool_stop_mid_run_loses_nothing(any_broker: vb.Broker) -> None:
+    _numbered(any_broker, "t.pool", 5000)
+    seen: list[bytes] = []
+    lock = threading.Lock()
+    consumer = ThreadPoolConsumer(any_broker, "t.pool", lambda b: (time.sleep(0.002), seen.append(b)), threads=10)
+
+    def stop_later() -> None:
+        while len(seen) < 1000:
+            time.sleep(0.005)
+        consumer.stop()
+
+    threading.Thread(target=stop_later, daemon=True).start()
+    stats = consumer.run()
+    with any_broker.connect() as connection:
+        left = connection.channel().queue_declare("t.pool", passive=True).method.message_count
+    with lock:
+        done = set(seen)
+    assert 1000 <= stats.acked < 5000
+    assert stats.acked == len(done) == len(seen), "every job that ran was acked, once"
+    assert left + stats.acked == 5000, "the rest is back in the queue"
+
+
+def test_thread_pool_dead_letters_failing_jobs(any_broker: vb.Broker) -> None:
+    _numbered(any_broker, "t.pool", 20)
+
+    def handler(body: bytes) -> None:
+        if int(body) % 5 == 0:
+            raise ValueError("bad audio")
+
+    stats = ThreadPoolConsumer(any_broker, "t.pool", handler, threads=4).run(idle_timeout=0.5)
+    assert (stats.acked, stats.rejected) == (16, 4)
+    with any_broker.connect() as connection:
+        assert connection.channel().queue_declare(dlq_name("t.pool"), passive=True).method.message_count == 4
+
+
+def test_thread_pool_rejects_bad_arguments(any_broker: vb.Broker) -> None:
+    with pytest.raises(ValueError, match="threads"):
+        ThreadPoolConsumer(any_broker, "q", lambda b: None, threads=0)
+    with pytest.raises(ValueError, match="prefetch"):
+        ThreadPoolConsumer(any_broker, "q", lambda b: None, prefetch=0)
+
+
+def test_guides_thread_pool_breaks_the_connection(any_broker: vb.Broker) -> None:
+    result = run_guide_processor(any_broker, "t.guide", 2000)
+    assert result["acked"] < 2000 and result["left in queue"] > 0
+    assert result["acked"] + result["left in queue"] == 2000
+
+
+def test_long_job_starves_heartbeats_only_in_a_blocking_callback(any_broker: vb.Broker) -> None:
+    blocking = long_job(any_broker, "t.long", job_seconds=4, heartbeat=1, style="blocking callback")
+    assert not blocking["acked"] and blocking["redelivered"], blocking
+    pooled = long_job(any_broker, "t.long", job_seconds=4, heartbeat=1, style="thread-pool consumer")
+    assert pooled["acked"] and not pooled["back in queue"], pooled
+
+
+def test_fleet_runs_every_job(any_broker: vb.Broker) -> None:
+    r = run_fleet(any_broker, "t.fleet", io_jobs(40, 0.01), processes=2, threads=4)
+    assert r["jobs"] == 40 and r["jobs_per_s"] > 0 and r["prefetch"] == 4
+    r = run_fleet(any_broker, "t.fleet", cpu_jobs(4, work=1000), processes=1, threads=0)
+    assert r["jobs"] == 4
+
+
+def test_ch04_reference_passes_stub_and_wrong_fail(as_shared) -> None:
+    assert ch04.q1.run(ch04.size_fleet).passed
+    assert not ch04.q1.run(lambda s, t, c: (_ for _ in ()).throw(NotImplementedError)).attempted
+    for wrong, says in [(lambda s, t, c: {"processes": 1, "threads": 10, "prefetch": 1}, "At most 1 job"),
+                        (lambda s, t, c: {"processes": 1, "threads": 0, "prefetch": 1}, "target"),
+                        (lambda s, t, c: {"processes": 99, "threads": 1, "prefetch": 1}, "processes must be")]:
+        result = ch04.q1.run(wrong)
+        assert not result.passed and says in result.message, result.message

@@ -1,0 +1,63 @@
+"""Exercises of notebook 04 (concurrency).
+
+q1: write ``size_fleet(job_seconds, target_per_s, cores)`` returning
+``{"processes": P, "threads": T, "prefetch": F}`` for I/O-bound jobs of
+``job_seconds`` each. The checker starts that fleet on the real broker (P
+processes, each a thread-pool consumer of T threads at prefetch F; T = 0 means
+one job at a time in the callback) and measures: it must reach ``target_per_s``
+jobs per second. At most ``cores`` * 2 processes and 32 threads per process.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Callable
+
+from ..broker import shared_broker
+from ..fleet import io_jobs, run_fleet
+from ..measure import sized
+from . import Exercise, Wrong
+
+JOB_SECONDS = 0.05
+TARGET_PER_S = 120.0
+MAX_THREADS = 32
+
+
+def size_fleet(job_seconds: float, target_per_s: float, cores: int) -> dict[str, int]:
+    """Reference solution of q1: I/O-bound jobs wait, so threads are cheap; one process is enough."""
+    in_flight = target_per_s * job_seconds          # Little's law: jobs that must run at once
+    threads = min(MAX_THREADS, int(in_flight * 1.5) + 1)
+    return {"processes": 1, "threads": threads, "prefetch": threads}   # prefetch >= threads, or threads idle
+
+
+def _check_fleet(fn: Callable[..., Any]) -> str:
+    import os
+
+    cores = os.cpu_count() or 1
+    choice = fn(JOB_SECONDS, TARGET_PER_S, cores)
+    if not isinstance(choice, dict) or set(choice) != {"processes", "threads", "prefetch"}:
+        raise Wrong(f"return a dict with exactly the keys 'processes', 'threads', 'prefetch', got {choice!r}")
+    p, t, f = choice["processes"], choice["threads"], choice["prefetch"]
+    if not isinstance(p, int) or not 1 <= p <= 2 * cores:
+        raise Wrong(f"processes must be an int from 1 to {2 * cores} on this {cores}-core machine, got {p!r}")
+    if not isinstance(t, int) or not 0 <= t <= MAX_THREADS:
+        raise Wrong(f"threads must be an int from 0 to {MAX_THREADS}, got {t!r}")
+    if not isinstance(f, int) or f < 1:
+        raise Wrong(f"prefetch must be an int >= 1, got {f!r}")
+    n = sized(240, minimum=120)
+    result = run_fleet(shared_broker(), f"check.fleet.{uuid.uuid4().hex[:6]}", io_jobs(n, JOB_SECONDS), p, t, f)
+    rate = result["jobs_per_s"]
+    if rate < TARGET_PER_S:
+        at_once = p * min(max(t, 1), f)
+        raise Wrong(f"{p} process(es) x {t} thread(s) at prefetch {f} did {rate:.0f} jobs/s, target "
+                    f"{TARGET_PER_S:.0f}. At most {at_once} job(s) ran at once; each takes {JOB_SECONDS} s.")
+    return f"{p} process(es) x {t} threads at prefetch {f}: {rate:.0f} jobs/s over {n} jobs."
+
+
+q1 = Exercise(
+    "ch04.q1", "size a worker fleet",
+    _check_fleet,
+    hint="""Throughput = jobs running at once / job_seconds. Jobs that wait (I/O) do not need a core each:
+    threads are enough. Each process runs at most min(threads, prefetch) jobs at once.""",
+    solution=size_fleet,
+)
