@@ -15,8 +15,10 @@ $(VENV)/.installed: pyproject.toml
 doctor: $(VENV)/.installed
 	$(PY) -m voicelab doctor --ensure
 
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
 lab: doctor
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab $(ROOT_FLAG) notebooks/
 
 test: doctor
 	$(PY) -m pytest
