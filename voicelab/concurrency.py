@@ -199,11 +199,13 @@ def run_guide_processor(broker: Broker, queue: str, n: int, max_workers: int = 1
             target=_guide_main, args=(broker.amqp_url, queue, max_workers, str(report)), daemon=True)
         t0 = time.monotonic()
         child.start()
-        child.join(timeout)
-        alive = child.is_alive()
-        if alive:
-            child.kill()
-            child.join(5)
+        try:
+            child.join(timeout)
+        finally:  # also on Ctrl-C: the child never outlives this call
+            alive = child.is_alive()
+            if alive:
+                child.kill()
+                child.join(5)
         seconds = time.monotonic() - t0
         outcome = report.read_text() if report.exists() else ("still running after "
                                                               f"{timeout:.0f} s (killed)" if alive else "died")

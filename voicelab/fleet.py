@@ -9,7 +9,7 @@ first publish to the last ack.
 Example::
 
     run_fleet(broker, "fleet", jobs=io_jobs(200, 0.02), processes=2, threads=4)
-    # {'processes': 2, 'threads': 4, 'prefetch': 4, 'jobs': 200, 'seconds': 0.6, 'jobs_per_s': 330.0}
+    # {'processes': 2, 'threads': 4, 'prefetch': 4, 'jobs': 200, 'seconds': 0.6, 'jobs_per_s': 330.0, ...}
 """
 
 from __future__ import annotations
@@ -96,11 +96,23 @@ def _worker_main(url: str, queue: str, threads: int, prefetch: int, ready: Any, 
     consumer.run()
 
 
+def _rss_mb(pid: int | None) -> float:
+    """Resident memory of a process in MB (Linux /proc; NaN elsewhere)."""
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def run_fleet(broker: Broker, queue: str, jobs: list[dict[str, Any]], processes: int = 1, threads: int = 0,
               prefetch: int | None = None, timeout: float = 120.0) -> dict[str, Any]:
     """Start ``processes`` workers of ``threads`` threads each (0 = sequential), publish ``jobs``, time them.
 
-    ``prefetch`` defaults to ``max(threads, 1)``. Returns the fleet's shape and its ``jobs_per_s``.
+    ``prefetch`` defaults to ``max(threads, 1)``. Returns the fleet's shape, its ``jobs_per_s`` and the
+    resident memory of its worker processes (``memory_mb``, Linux only).
     """
     if processes < 1 or threads < 0:
         raise ValueError(f"processes must be >= 1 and threads >= 0, got {processes}, {threads}")
@@ -134,6 +146,7 @@ def run_fleet(broker: Broker, queue: str, jobs: list[dict[str, Any]], processes:
                     raise RuntimeError(f"{done.value} of {len(jobs)} jobs done; a worker died or time ran out")
                 time.sleep(0.002)
             seconds = time.monotonic() - t0
+            rss = sum(_rss_mb(w.pid) for w in workers)
         finally:
             stop.set()
             for w in workers:
@@ -143,4 +156,4 @@ def run_fleet(broker: Broker, queue: str, jobs: list[dict[str, Any]], processes:
                     w.join()
         channel.queue_delete(queue)
     return {"processes": processes, "threads": threads, "prefetch": prefetch, "jobs": len(jobs),
-            "seconds": seconds, "jobs_per_s": len(jobs) / seconds, "cores": os.cpu_count()}
+            "seconds": seconds, "jobs_per_s": len(jobs) / seconds, "memory_mb": rss, "cores": os.cpu_count()}
