@@ -122,3 +122,16 @@ def test_missing_image_without_registry_says_how_to_build_one() -> None:
     with pytest.raises(vb.BrokerUnavailable) as e:
         vb.ContainerBroker("voicelab/no-such-image:0.0").start()
     assert "build-image" in str(e.value) and "VOICELAB_RABBITMQ_IMAGE" in str(e.value)
+
+
+def test_own_broker_is_controllable_even_with_a_url(any_broker: vb.Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Restart and crash demos get a broker voicelab controls, never the shared URL one."""
+    if any_broker.backend != "local":
+        pytest.skip("one backend is enough: own_broker picks the machine's best")
+    monkeypatch.setenv("VOICELAB_AMQP_URL", any_broker.amqp_url)
+    with vb.own_broker() as mine:
+        assert mine.can_control and mine.amqp_url != any_broker.amqp_url
+        with mine.connect():
+            pass
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        mine.connect(connection_attempts=1, socket_timeout=2)

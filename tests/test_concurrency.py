@@ -14,7 +14,7 @@ from voicelab.exercises import ch04
 from voicelab.fleet import cpu_jobs, io_jobs, run_fleet
 from voicelab.heartbeats import long_job
 from voicelab.management import Management
-from voicelab.queues import declare_job_queue, dlq_name
+from voicelab.queues import declare_job_queue, dlq_name, wait_stable
 from voicelab.throughput import fill_queue
 
 
@@ -61,7 +61,7 @@ def test_thread_pool_stop_mid_run_loses_nothing(any_broker: vb.Broker) -> None:
     threading.Thread(target=stop_later, daemon=True).start()
     stats = consumer.run()
     with any_broker.connect() as connection:
-        left = connection.channel().queue_declare("t.pool", passive=True).method.message_count
+        left = wait_stable(connection.channel(), "t.pool")["t.pool"]
     with lock:
         done = set(seen)
     assert 1000 <= stats.acked < 5000

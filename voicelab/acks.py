@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 import pika
 
 from .broker import Broker
-from .queues import declare_job_queue, dlq_name
+from .queues import declare_job_queue, dlq_name, wait_stable
 
 
 def _consumer_main(url: str, queue: str, auto_ack: bool, prefetch: int, job_seconds: float, log_path: str) -> None:
@@ -94,6 +94,7 @@ def crash_consumer(broker: Broker, queue: str, n: int, *, auto_ack: bool, prefet
         deadline = time.monotonic() + timeout  # the broker notices the dead connection, then requeues
         while channel.queue_declare(queue, passive=True).method.consumer_count and time.monotonic() < deadline:
             time.sleep(0.05)
+        wait_stable(channel, queue)
         while True:
             method, _, body = channel.basic_get(queue, auto_ack=True)
             if method is None:
@@ -142,6 +143,7 @@ def settle(broker: Broker, how: str, queue: str = "settle_demo") -> dict[str, An
             work.basic_reject(tag, requeue=how.endswith("True"))
         else:
             work.close()
+        wait_stable(channel, queue, dlq_name(queue))  # requeue and dead-lettering are asynchronous
         again, _, _ = channel.basic_get(queue, auto_ack=True)
         dead, props, _ = channel.basic_get(dlq_name(queue), auto_ack=True)
         reason = (props.headers or {}).get("x-death", [{}])[0].get("reason") if dead else None

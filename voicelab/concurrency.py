@@ -31,6 +31,7 @@ import pika
 import pika.exceptions
 
 from .broker import Broker
+from .queues import wait_stable
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ def run_guide_processor(broker: Broker, queue: str, n: int, max_workers: int = 1
         deadline = time.monotonic() + 10
         while channel.queue_declare(queue, passive=True).method.consumer_count and time.monotonic() < deadline:
             time.sleep(0.05)
-        left = channel.queue_declare(queue, passive=True).method.message_count
+        left = wait_stable(channel, queue)[queue]  # the dead child's messages are requeued asynchronously
         channel.queue_delete(queue)
     return {"sent": n, "acked": n - left, "left in queue": left, "seconds": round(seconds, 1),
             "how it ended": outcome.splitlines()[0], "traceback tail": "\n".join(outcome.splitlines()[1:])}

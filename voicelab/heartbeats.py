@@ -21,6 +21,7 @@ import pika.exceptions
 
 from .broker import Broker
 from .concurrency import ThreadPoolConsumer
+from .queues import wait_stable
 
 Style = Literal["blocking callback", "thread-pool consumer"]
 
@@ -70,6 +71,7 @@ def long_job(broker: Broker, queue: str, job_seconds: float, heartbeat: int,
         deadline = time.monotonic() + 3 * heartbeat + 5
         while channel.queue_declare(queue, passive=True).method.consumer_count and time.monotonic() < deadline:
             time.sleep(0.1)
+        wait_stable(channel, queue)
         method, _, _ = channel.basic_get(queue, auto_ack=True)
         channel.queue_delete(queue)
     return {"style": style, "job_s": job_seconds, "heartbeat_s": heartbeat, "acked": acked,

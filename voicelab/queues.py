@@ -68,3 +68,25 @@ def queue_counts(channel: BlockingChannel, queue: str) -> int:
     """Messages ready in ``queue`` (not counting unacknowledged ones), read with a passive declare."""
     return int(channel.queue_declare(queue, passive=True).method.message_count)
 
+
+
+def wait_stable(channel: BlockingChannel, *queues: str, quiet: float = 0.3, timeout: float = 5.0) -> dict[str, int]:
+    """Ready counts of ``queues`` once they have not changed for ``quiet`` seconds.
+
+    Requeues and dead-lettering happen asynchronously inside the broker, after
+    the nack, reject or channel close that caused them has been sent: read the
+    counts only once they settle.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    last = {q: queue_counts(channel, q) for q in queues}
+    since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = {q: queue_counts(channel, q) for q in queues}
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+    return last

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import pika
 
 from ..broker import shared_broker
-from ..queues import declare_job_queue, dlq_name
+from ..queues import declare_job_queue, dlq_name, wait_stable
 from . import Exercise, Wrong
 
 
@@ -76,7 +76,7 @@ def _check_callback(fn: Callable[..., Any]) -> str:
             redelivery_loop = calls[0] > len(messages)
             if channel.is_open:
                 channel.close()  # unacked messages go back to the queue now
-            left = admin.queue_declare(queue, passive=True).method.message_count
+            left = wait_stable(admin, queue, dlq_name(queue))[queue]
             dead = []
             while True:
                 m, _, body = admin.basic_get(dlq_name(queue), auto_ack=True)
