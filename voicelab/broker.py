@@ -565,9 +565,18 @@ class LocalBroker(Broker):
 # ---------------------------------------------------------------------------
 
 def choose_backend() -> tuple[str, str]:
-    """Which backend :func:`start_broker` would use, and why: ``("container", "a Docker engine answers ...")``."""
+    """Which backend :func:`start_broker` would use, and why: ``("container", "a Docker engine answers ...")``.
+
+    ``VOICELAB_BACKEND=container`` or ``=local`` skips the search (e.g. to use a local
+    rabbitmq-server although Docker runs).
+    """
     if os.environ.get("VOICELAB_AMQP_URL"):
         return "url", "VOICELAB_AMQP_URL is set"
+    forced = os.environ.get("VOICELAB_BACKEND", "").strip()
+    if forced:
+        if forced not in ("container", "local"):
+            raise ValueError(f"VOICELAB_BACKEND must be 'container' or 'local', not {forced!r}")
+        return forced, f"VOICELAB_BACKEND={forced}"
     ok, detail = docker_engine()
     if ok:
         image = os.environ.get("VOICELAB_RABBITMQ_IMAGE") or DEFAULT_IMAGE

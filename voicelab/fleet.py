@@ -96,6 +96,14 @@ def _worker_main(url: str, queue: str, threads: int, prefetch: int, ready: Any, 
     consumer.run()
 
 
+class FleetTimeout(TimeoutError):
+    """The fleet did not finish its jobs in time; ``done`` of ``total`` were done in ``seconds``."""
+
+    def __init__(self, done: int, total: int, seconds: float) -> None:
+        super().__init__(f"{done} of {total} jobs done in {seconds:.1f} s")
+        self.done, self.total, self.seconds = done, total, seconds
+
+
 def _rss_mb(pid: int | None) -> float:
     """Resident memory of a process in MB (Linux /proc; NaN elsewhere)."""
     try:
@@ -142,8 +150,10 @@ def run_fleet(broker: Broker, queue: str, jobs: list[dict[str, Any]], processes:
                 channel.basic_publish("", queue, json.dumps(job), pika.BasicProperties(content_type="application/json"))
             deadline = t0 + timeout
             while done.value < len(jobs):
-                if time.monotonic() > deadline or not all(w.is_alive() for w in workers):
-                    raise RuntimeError(f"{done.value} of {len(jobs)} jobs done; a worker died or time ran out")
+                if not all(w.is_alive() for w in workers):
+                    raise RuntimeError(f"a worker process died after {done.value} of {len(jobs)} jobs")
+                if time.monotonic() > deadline:
+                    raise FleetTimeout(done.value, len(jobs), time.monotonic() - t0)
                 time.sleep(0.002)
             seconds = time.monotonic() - t0
             rss = sum(_rss_mb(w.pid) for w in workers)
@@ -154,6 +164,6 @@ def run_fleet(broker: Broker, queue: str, jobs: list[dict[str, Any]], processes:
                 if w.is_alive():
                     w.kill()
                     w.join()
-        channel.queue_delete(queue)
+            channel.queue_delete(queue)
     return {"processes": processes, "threads": threads, "prefetch": prefetch, "jobs": len(jobs),
             "seconds": seconds, "jobs_per_s": len(jobs) / seconds, "memory_mb": rss, "cores": os.cpu_count()}
