@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 
-import pika
 import pytest
 
 from voicelab import broker as vb
@@ -14,19 +13,12 @@ from voicelab.exercises import ch04
 from voicelab.fleet import cpu_jobs, io_jobs, run_fleet
 from voicelab.heartbeats import long_job
 from voicelab.management import Management
-from voicelab.queues import declare_job_queue, dlq_name, wait_stable
-from voicelab.throughput import fill_queue
+from voicelab.queues import dlq_name, refill, wait_stable
 
 
 def _numbered(broker: vb.Broker, queue: str, n: int) -> None:
     with broker.connect() as connection:
-        channel = connection.channel()
-        channel.queue_delete(queue)
-        channel.queue_delete(dlq_name(queue))
-        declare_job_queue(channel, queue)
-        channel.confirm_delivery()
-        for i in range(n):
-            channel.basic_publish("", queue, str(i).encode(), pika.BasicProperties(delivery_mode=2))
+        refill(connection.channel(), queue, range(n), dead_letters=True)
 
 
 def test_thread_pool_acks_5000_exactly_once(any_broker: vb.Broker) -> None:

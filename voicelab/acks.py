@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 import pika
 
 from .broker import Broker
-from .queues import declare_job_queue, dlq_name, wait_stable
+from .queues import dlq_name, refill, wait_stable
 
 
 def _consumer_main(url: str, queue: str, auto_ack: bool, prefetch: int, job_seconds: float, log_path: str) -> None:
@@ -62,12 +62,7 @@ def crash_consumer(broker: Broker, queue: str, n: int, *, auto_ack: bool, prefet
     if not 0 < kill_after < n:
         raise ValueError(f"kill_after must be between 1 and n-1={n - 1}, got {kill_after}")
     with broker.connect() as connection:
-        channel = connection.channel()
-        channel.queue_delete(queue)
-        channel.queue_declare(queue, durable=True)
-        channel.confirm_delivery()
-        for i in range(n):
-            channel.basic_publish("", queue, str(i).encode(), pika.BasicProperties(delivery_mode=2))
+        refill(connection.channel(), queue, range(n))
     with tempfile.TemporaryDirectory(prefix="voicelab-crash-") as tmp:
         log = Path(tmp, "processed.log")
         log.touch()
@@ -127,11 +122,7 @@ def settle(broker: Broker, how: str, queue: str = "settle_demo") -> dict[str, An
         raise ValueError(f"how must be one of {SETTLEMENTS}, got {how!r}")
     with broker.connect() as connection:
         channel = connection.channel()
-        channel.queue_delete(queue)
-        channel.queue_delete(dlq_name(queue))
-        declare_job_queue(channel, queue)
-        channel.confirm_delivery()
-        channel.basic_publish("", queue, b"job", pika.BasicProperties(delivery_mode=2))
+        refill(channel, queue, [b"job"], dead_letters=True)
         work = connection.channel()
         method, _, _ = work.basic_get(queue)
         tag = method.delivery_tag
@@ -173,11 +164,7 @@ def forgotten_acks(broker: Broker, queue: str, n: int, hold: float = 8.0, after:
     mgmt = Management(broker)
     with broker.connect() as connection:
         channel = connection.channel()
-        channel.queue_delete(queue)
-        channel.queue_declare(queue, durable=True)
-        channel.confirm_delivery()
-        for i in range(n):
-            channel.basic_publish("", queue, str(i).encode(), pika.BasicProperties(delivery_mode=2))
+        refill(channel, queue, range(n))
         mgmt.wait_for(queue, lambda q: q.get("messages_ready") == n)
         samples = []
         t0 = time.monotonic()

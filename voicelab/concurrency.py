@@ -31,7 +31,7 @@ import pika
 import pika.exceptions
 
 from .broker import Broker
-from .queues import wait_stable
+from .queues import refill, wait_stable
 
 log = logging.getLogger(__name__)
 
@@ -188,12 +188,7 @@ def run_guide_processor(broker: Broker, queue: str, n: int, max_workers: int = 1
     import tempfile
 
     with broker.connect() as connection:
-        channel = connection.channel()
-        channel.queue_delete(queue)
-        channel.queue_declare(queue, durable=True)
-        channel.confirm_delivery()
-        for i in range(n):
-            channel.basic_publish("", queue, json.dumps({"job": i}), pika.BasicProperties(delivery_mode=2))
+        refill(connection.channel(), queue, [json.dumps({"job": i}).encode() for i in range(n)])
     with tempfile.TemporaryDirectory(prefix="voicelab-guide-") as tmp:
         report = Path(tmp, "report.txt")
         child = multiprocessing.get_context("spawn").Process(

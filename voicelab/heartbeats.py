@@ -21,7 +21,7 @@ import pika.exceptions
 
 from .broker import Broker
 from .concurrency import ThreadPoolConsumer
-from .queues import wait_stable
+from .queues import refill, wait_stable
 
 Style = Literal["blocking callback", "thread-pool consumer"]
 
@@ -36,11 +36,7 @@ def long_job(broker: Broker, queue: str, job_seconds: float, heartbeat: int,
     if heartbeat < 1 or job_seconds <= 0:
         raise ValueError(f"heartbeat must be >= 1 s and job_seconds > 0, got {heartbeat}, {job_seconds}")
     with broker.connect() as connection:
-        channel = connection.channel()
-        channel.queue_delete(queue)
-        channel.queue_declare(queue, durable=True)
-        channel.confirm_delivery()
-        channel.basic_publish("", queue, b"long job", pika.BasicProperties(delivery_mode=2))
+        refill(connection.channel(), queue, [b"long job"])
     error = ""
     acked = False
     t0 = time.monotonic()

@@ -90,3 +90,21 @@ def wait_stable(channel: BlockingChannel, *queues: str, quiet: float = 0.3, time
         elif time.monotonic() - since >= quiet:
             break
     return last
+
+
+def refill(channel: BlockingChannel, queue: str, bodies: list[bytes] | range, dead_letters: bool = False) -> None:
+    """Start a demo from a known state: delete ``queue`` (and its DLQ), declare it durable, publish ``bodies``.
+
+    A ``range`` publishes the numbers as text (``b"0"``, ``b"1"``, ...). Publishes are
+    persistent and confirmed, so every message is in the queue when this returns.
+    """
+    channel.queue_delete(queue)
+    if dead_letters:
+        channel.queue_delete(dlq_name(queue))
+        declare_job_queue(channel, queue)
+    else:
+        channel.queue_declare(queue, durable=True)
+    channel.confirm_delivery()
+    for body in bodies:
+        data = str(body).encode() if isinstance(body, int) else body
+        channel.basic_publish("", queue, data, job_properties())
