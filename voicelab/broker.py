@@ -419,14 +419,29 @@ def find_rabbitmq_server() -> str | None:
     return found
 
 
+def _epmd() -> str | None:
+    """Path of Erlang's port mapper daemon, or None."""
+    found = shutil.which("epmd") or next(iter(sorted(Path("/usr/lib/erlang").glob("erts-*/bin/epmd"))), None)
+    return None if found is None else str(found)
+
+
 def _epmd_names() -> list[str] | None:
-    epmd = shutil.which("epmd") or next(iter(sorted(Path("/usr/lib/erlang").glob("erts-*/bin/epmd"))), None)
+    """Nodes registered with a running epmd, or None when no epmd answers."""
+    epmd = _epmd()
     if epmd is None:
         return None
     out = subprocess.run([str(epmd), "-names"], capture_output=True, text=True, timeout=5)
     if out.returncode != 0:
         return None
     return [line for line in out.stdout.splitlines() if line.startswith("name ")]
+
+
+def stop_idle_epmd() -> None:
+    """Stop Erlang's port mapper daemon if it runs and no node is registered with it any more."""
+    epmd = _epmd()
+    if epmd and _epmd_names() == []:
+        with contextlib.suppress(Exception):
+            subprocess.run([epmd, "-kill"], capture_output=True, timeout=5)
 
 
 class LocalBroker(Broker):
@@ -495,7 +510,7 @@ class LocalBroker(Broker):
             start_new_session=True,  # its own process group: Ctrl-C in the notebook does not hit it, stop() kills it all
         )
         log.close()
-        reaper.watch(pgid=self._proc.pid, path=str(self.dir))
+        reaper.watch(pgid=self._proc.pid, path=str(self.dir), epmd=self._started_epmd)
         _LIVE.add(self)
         try:
             self.wait_ready()
@@ -530,13 +545,9 @@ class LocalBroker(Broker):
             proc.wait(10)
         # beam may outlive the start script: wait for the whole group to go
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                break
+        while reaper.alive(proc.pid, group=True) and time.monotonic() < deadline:
             time.sleep(0.1)
-        else:
+        if reaper.alive(proc.pid, group=True):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
         self._proc = None
@@ -551,10 +562,8 @@ class LocalBroker(Broker):
     def stop(self) -> None:
         _LIVE.discard(self)
         self._signal(signal.SIGTERM, 30)
-        if self._started_epmd and _epmd_names() == []:
-            with contextlib.suppress(Exception):
-                epmd = shutil.which("epmd") or str(next(Path("/usr/lib/erlang").glob("erts-*/bin/epmd")))
-                subprocess.run([epmd, "-kill"], capture_output=True, timeout=5)
+        if self._started_epmd:
+            stop_idle_epmd()
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None

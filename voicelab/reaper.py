@@ -24,8 +24,12 @@ import sys
 import time
 
 
-def watch(*, container_id: str | None = None, pgid: int | None = None, path: str | None = None) -> None:
-    """Start a detached watchdog for a container or a process group (and its folder) owned by this process."""
+def watch(*, container_id: str | None = None, pgid: int | None = None, path: str | None = None,
+          epmd: bool = False) -> None:
+    """Start a detached watchdog for a container or a process group (and its folder) owned by this process.
+
+    ``epmd=True``: the node started Erlang's port mapper, so stop it too if no other node uses it.
+    """
     args = [sys.executable, "-m", "voicelab.reaper", str(os.getpid())]
     if container_id:
         args += ["--container", container_id]
@@ -33,26 +37,19 @@ def watch(*, container_id: str | None = None, pgid: int | None = None, path: str
         args += ["--pgid", str(pgid)]
     if path:
         args += ["--path", path]
+    if epmd:
+        args.append("--epmd")
     subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                      start_new_session=True, close_fds=True)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int, group: bool = False) -> bool:
+    """True while process ``pid`` (with ``group``: any process of process group ``pid``) exists."""
     try:
-        os.kill(pid, 0)
+        (os.killpg if group else os.kill)(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+    except PermissionError:  # exists, owned by someone else
         return True
     return True
 
@@ -75,26 +72,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--container")
     p.add_argument("--pgid", type=int)
     p.add_argument("--path")
+    p.add_argument("--epmd", action="store_true")
     a = p.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C meant for the owner must not stop the watchdog
     checks = 0
-    while _alive(a.owner):
+    while alive(a.owner):
         time.sleep(0.5)
         checks += 1
         if checks % 10 == 0:  # every 5 s: is the broker gone already? then nothing to watch
-            if a.pgid and not _group_alive(a.pgid):
+            if a.pgid and not alive(a.pgid, group=True):
                 return 0
             if a.container:
                 client, c = _container(a.container)
                 if c is None:
                     return 0
                 client.close()
-    if a.pgid and _group_alive(a.pgid):
+    if a.pgid and alive(a.pgid, group=True):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(a.pgid, signal.SIGKILL)
     if a.path:
         time.sleep(0.5)
         shutil.rmtree(a.path, ignore_errors=True)
+    if a.epmd:
+        from .broker import stop_idle_epmd
+
+        stop_idle_epmd()
     if a.container:
         client, c = _container(a.container)
         if c is not None:
