@@ -10,13 +10,13 @@ import pytest
 import requests
 
 from voicelab import broker as vb
-from voicelab.queues import PERSISTENT
+from voicelab.broker import choice
 
 
 def test_round_trip_and_version(any_broker: vb.Broker, channel) -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+.*", any_broker.version), any_broker.version
     channel.queue_declare("rt", durable=True)
-    channel.basic_publish("", "rt", b"hello", pika.BasicProperties(delivery_mode=PERSISTENT))
+    channel.basic_publish("", "rt", b"hello", pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent))
     method, _, body = channel.basic_get("rt", auto_ack=True)
     assert body == b"hello"
     channel.queue_delete("rt")
@@ -40,7 +40,8 @@ def _setup_durability(broker: vb.Broker) -> bool:
         ch.queue_delete("durable_q")
         ch.queue_declare("durable_q", durable=True)
         ch.confirm_delivery()
-        ch.basic_publish("", "durable_q", b"persistent", pika.BasicProperties(delivery_mode=PERSISTENT))
+        ch.basic_publish("", "durable_q", b"persistent",
+                         pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent))
         try:
             connection.channel().queue_declare("transient_q", durable=False, exclusive=False)
         except pika.exceptions.ChannelClosedByBroker as e:
@@ -103,7 +104,7 @@ def test_url_backend_uses_the_broker_and_refuses_to_crash_it(any_broker: vb.Brok
 def test_no_backend_names_all_three_ways(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VOICELAB_AMQP_URL", raising=False)
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")  # a real probe that fails
-    monkeypatch.setattr(vb, "find_rabbitmq_server", lambda: None)
+    monkeypatch.setattr(choice, "find_rabbitmq_server", lambda: None)
     with pytest.raises(vb.BrokerUnavailable) as e:
         vb.start_broker()
     text = str(e.value)

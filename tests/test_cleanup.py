@@ -10,35 +10,28 @@ import time
 
 import pytest
 
-from conftest import _images, _unavailable, beam_processes, owned_containers
-from voicelab import broker as vb
-
-
-def _require(backend: str) -> None:
-    if backend == "container":
-        ok, detail = vb.docker_engine()
-        if not ok:
-            _unavailable(detail)
-    elif vb.find_rabbitmq_server() is None:
-        _unavailable("rabbitmq-server is not installed")
-
-
-def _left_behind(pid: int) -> list[str]:
-    return owned_containers(pid) + beam_processes(f"voicelab-node-{pid}-")
+from helpers import images, left_behind, require
 
 
 def _child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "VOICELAB_AMQP_URL"}
-    env.update(PYTHONUNBUFFERED="1", VOICELAB_RABBITMQ_IMAGE=_images()[0])
+    env.update(PYTHONUNBUFFERED="1", VOICELAB_RABBITMQ_IMAGE=images()[0])
     return env
 
 
+def _ignore_sigint() -> None:
+    """What a non-interactive shell does to a background job (`voicelab broker &`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("inherited", ["default", "ignored"], ids=["sigint-default", "sigint-ignored"])
 @pytest.mark.parametrize("backend", ["container", "local"])
-def test_ctrl_c_on_cli_broker_cleans_up(backend: str) -> None:
-    _require(backend)
-    env = _child_env()
+def test_ctrl_c_on_cli_broker_cleans_up(backend: str, inherited: str) -> None:
+    """SIGINT stops `python -m voicelab broker` however it was launched (a background job ignores SIGINT)."""
+    require(backend)
     proc = subprocess.Popen([sys.executable, "-m", "voicelab", "broker", "--backend", backend],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_child_env(),
+                            preexec_fn=_ignore_sigint if inherited == "ignored" else None)
     lines = []
     try:
         for line in proc.stdout:  # type: ignore[union-attr]
@@ -46,28 +39,50 @@ def test_ctrl_c_on_cli_broker_cleans_up(backend: str) -> None:
             if "Press Ctrl-C" in line:
                 break
         assert any(line.startswith("AMQP URL:") for line in lines), "".join(lines)
-        assert _left_behind(proc.pid), "the broker should be running before Ctrl-C"
+        assert left_behind(proc.pid), "the broker should be running before Ctrl-C"
         proc.send_signal(signal.SIGINT)
-        out = proc.communicate(timeout=90)[0]
+        out = proc.communicate(timeout=60)[0]
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
     assert proc.returncode == 0, "".join(lines) + out
     assert "broker stopped" in out
-    assert _left_behind(proc.pid) == []
+    assert left_behind(proc.pid) == []
 
 
 @pytest.mark.parametrize("backend", ["container", "local"])
 def test_exit_without_stop_cleans_up(backend: str) -> None:
     """A script (or a notebook kernel) that ends, even by KeyboardInterrupt, stops its brokers at exit."""
-    _require(backend)
+    require(backend)
     code = ("import os; from voicelab.broker import start_broker; "
             f"b = start_broker({backend!r}); print(os.getpid(), flush=True); raise KeyboardInterrupt")
-    env = _child_env()
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=_child_env())
     assert "KeyboardInterrupt" in done.stderr
     pid = int(done.stdout.split()[0])
     deadline = time.monotonic() + 10
-    while _left_behind(pid) and time.monotonic() < deadline:
+    while left_behind(pid) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert _left_behind(pid) == []
+    assert left_behind(pid) == []
+
+
+@pytest.mark.parametrize("backend", ["container", "local"])
+def test_sigkilled_owner_is_cleaned_up_by_the_watchdog(backend: str) -> None:
+    """atexit never runs after SIGKILL (a Jupyter kernel killed hard): the watchdog removes the broker."""
+    require(backend)
+    code = ("import os, time; from voicelab.broker import start_broker; "
+            f"b = start_broker({backend!r}); print(os.getpid(), flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=_child_env())
+    try:
+        pid = int(proc.stdout.readline())  # type: ignore[union-attr]
+        assert left_behind(pid), "the broker should be running before the kill"
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while left_behind(pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert left_behind(pid) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()

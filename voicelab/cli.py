@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -30,20 +31,6 @@ def _version(pkg: str) -> str:
         return metadata.version(pkg)
     except metadata.PackageNotFoundError:
         return "not installed"
-
-
-def _image_present(image: str) -> str:
-    try:
-        import docker
-
-        client = docker.from_env(timeout=3)
-        try:
-            client.images.get(image)
-            return "present"
-        finally:
-            client.close()
-    except Exception as e:
-        return f"not present locally ({type(e).__name__}); it will be pulled, which needs a registry"
 
 
 def install_advice() -> str:
@@ -71,11 +58,16 @@ def doctor(ensure: bool = False) -> int:
     ok, detail = vb.docker_engine()
     image = os.environ.get("VOICELAB_RABBITMQ_IMAGE") or vb.DEFAULT_IMAGE
     print(f"2. Docker engine: {'version ' + detail if ok else detail}")
+    present = ok and vb.image_present(image)
     if ok:
-        print(f"   image {image}: {_image_present(image)}")
+        print(f"   image {image}: {'present' if present else 'not present locally: it must be pulled from a registry'}")
     server = vb.find_rabbitmq_server()
     print(f"3. rabbitmq-server: {server or 'not found'}")
     backend, why = vb.choose_backend()
+    if backend == "container" and not present and vb.may_fall_back():
+        print(f"-> voicelab will try: container ({why}); if Docker cannot pull {image}, it uses the local "
+              f"rabbitmq-server at {server} instead and says so")
+        return 0
     if backend != "none":
         print(f"-> voicelab will use: {backend} ({why})")
         return 0
@@ -95,19 +87,37 @@ def doctor(ensure: bool = False) -> int:
     return 1
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run_broker(backend: str, image: str | None) -> int:
-    """Start a broker, print how to reach it, wait for Ctrl-C (or SIGTERM), then clean up."""
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    """Start a broker, print how to reach it, wait for Ctrl-C (or SIGTERM), then clean up.
+
+    The handlers are installed here, not inherited: a shell starts background jobs
+    with SIGINT ignored, and ``kill -INT`` must stop this broker all the same.
+    """
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        broker = vb.start_broker(backend, image)  # type: ignore[arg-type]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", vb.BackendFallback)  # printed below, once
+            broker = vb.start_broker(backend, image)  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        print("interrupted while starting; nothing left running", file=sys.stderr)
+        return 130
     except vb.BrokerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     try:
+        if broker.notice:
+            print(f"note: {broker.notice}")
         print(f"RabbitMQ {broker.version} ({broker.backend})")
         print(f"AMQP URL:        {broker.amqp_url}")
         print(f"Management UI:   {broker.management_url or 'unknown'}  (user {broker.username}, "
               f"password {broker.password})")
+        if broker.prometheus_url:
+            print(f"Prometheus:      {broker.prometheus_url}")
         print(f"Use it from notebooks:  export VOICELAB_AMQP_URL='{broker.amqp_url}'")
         print("Press Ctrl-C to stop it.", flush=True)
         while True:

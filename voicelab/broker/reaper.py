@@ -10,6 +10,9 @@ deletes its folder. It exits by itself as soon as the broker is gone.
 Example::
 
     watch(container_id="3f2a...")   # from the process that owns the container
+
+It imports only :mod:`~voicelab.broker.engine` and :mod:`~voicelab.broker.erlang`,
+so that it starts fast and no module imports it back.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ import subprocess
 import sys
 import time
 
+from .engine import container_exists, remove_container
+from .erlang import stop_idle_epmd
+
 
 def watch(*, container_id: str | None = None, pgid: int | None = None, path: str | None = None,
           epmd: bool = False) -> None:
@@ -30,7 +36,7 @@ def watch(*, container_id: str | None = None, pgid: int | None = None, path: str
 
     ``epmd=True``: the node started Erlang's port mapper, so stop it too if no other node uses it.
     """
-    args = [sys.executable, "-m", "voicelab.reaper", str(os.getpid())]
+    args = [sys.executable, "-m", "voicelab.broker.reaper", str(os.getpid())]
     if container_id:
         args += ["--container", container_id]
     if pgid:
@@ -54,20 +60,8 @@ def alive(pid: int, group: bool = False) -> bool:
     return True
 
 
-def _container(container_id: str):  # type: ignore[no-untyped-def]
-    import docker
-    import docker.errors
-
-    client = docker.from_env(timeout=30)
-    try:
-        return client, client.containers.get(container_id)
-    except docker.errors.NotFound:
-        client.close()
-        return None, None
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m voicelab.reaper")
+    p = argparse.ArgumentParser(prog="python -m voicelab.broker.reaper")
     p.add_argument("owner", type=int)
     p.add_argument("--container")
     p.add_argument("--pgid", type=int)
@@ -83,10 +77,11 @@ def main(argv: list[str] | None = None) -> int:
             if a.pgid and not alive(a.pgid, group=True):
                 return 0
             if a.container:
-                client, c = _container(a.container)
-                if c is None:
-                    return 0
-                client.close()
+                try:
+                    if not container_exists(a.container):
+                        return 0
+                except Exception:  # the engine did not answer this time: keep watching
+                    pass
     if a.pgid and alive(a.pgid, group=True):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(a.pgid, signal.SIGKILL)
@@ -94,15 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(0.5)
         shutil.rmtree(a.path, ignore_errors=True)
     if a.epmd:
-        from .broker import stop_idle_epmd
-
         stop_idle_epmd()
     if a.container:
-        client, c = _container(a.container)
-        if c is not None:
-            with contextlib.suppress(Exception):
-                c.remove(force=True, v=True)
-            client.close()
+        with contextlib.suppress(Exception):
+            remove_container(a.container)
     return 0
 
 

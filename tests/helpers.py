@@ -1,0 +1,91 @@
+"""What the tests share: which brokers to run on, how to start one, how to find a leaked one.
+
+- ``VOICELAB_TEST_IMAGES``: comma-separated images the container tests run on
+  (CI: the three offline images); default: ``VOICELAB_RABBITMQ_IMAGE`` or the official one.
+- ``VOICELAB_SKIPPED_IMAGES``: ``image=reason;...``: versions CI could not build, reported as skips.
+- ``VOICELAB_REQUIRE_BACKENDS=1`` (CI): a missing Docker engine or rabbitmq-server fails instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from voicelab import broker as vb
+
+REQUIRE = os.environ.get("VOICELAB_REQUIRE_BACKENDS") == "1"
+
+
+def images() -> list[str]:
+    """The images the container tests run on."""
+    raw = os.environ.get("VOICELAB_TEST_IMAGES") or os.environ.get("VOICELAB_RABBITMQ_IMAGE") or vb.DEFAULT_IMAGE
+    return [i.strip() for i in raw.split(",") if i.strip()]
+
+
+def skipped_images() -> dict[str, str]:
+    """Images CI could not build today, with the reason."""
+    out = {}
+    for part in os.environ.get("VOICELAB_SKIPPED_IMAGES", "").split(";"):
+        if "=" in part:
+            image, reason = part.split("=", 1)
+            out[image.strip()] = reason.strip()
+    return out
+
+
+def backend_params() -> list:
+    """One pytest param per broker: each container image, the skipped ones, and the local node."""
+    params = [pytest.param(("container", image), id=f"container:{image}") for image in images()]
+    params += [
+        pytest.param(("container", image), id=f"container:{image}", marks=pytest.mark.skip(reason=reason))
+        for image, reason in skipped_images().items()
+    ]
+    params.append(pytest.param(("local", None), id="local"))
+    return params
+
+
+def unavailable(why: str) -> None:
+    """Skip the test (fail it in CI, where every backend must exist)."""
+    if REQUIRE:
+        pytest.fail(f"VOICELAB_REQUIRE_BACKENDS=1 but {why}")
+    pytest.skip(why)
+
+
+def require(backend: str) -> None:
+    """Skip (or fail in CI) unless this machine can run ``backend``."""
+    if backend == "container":
+        ok, detail = vb.docker_engine()
+        if not ok:
+            unavailable(detail)
+    elif vb.find_rabbitmq_server() is None:
+        unavailable("rabbitmq-server is not installed")
+
+
+def start_backend(backend: str, image: str | None) -> vb.Broker:
+    """Start a broker of ``backend``, skipping (or failing, in CI) when this machine has none."""
+    require(backend)
+    if backend == "container":
+        return vb.ContainerBroker(image).start()
+    return vb.LocalBroker().start()
+
+
+def beam_processes(marker: str) -> list[str]:
+    """Command lines of running beam processes that contain ``marker`` (``ps -ww``: never cut)."""
+    out = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "beam" in line and marker in line]
+
+
+def owned_containers(pid: int | None = None, run: str | None = None) -> list[str]:
+    """Ids of containers (running or not) that voicelab started for process ``pid``, or in test run ``run``."""
+    ok, _ = vb.docker_engine()
+    if not ok:
+        return []
+    label = f"org.voicelab.run-id={run}" if run else f"org.voicelab.owner-pid={pid}" if pid else "org.voicelab.owner-pid"
+    out = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={label}"], capture_output=True, text=True)
+    return out.stdout.split()
+
+
+def left_behind(pid: int) -> list[str]:
+    """Containers and local nodes that process ``pid`` started and that still exist."""
+    return owned_containers(pid) + beam_processes(f"voicelab-node-{pid}-")

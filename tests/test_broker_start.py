@@ -1,0 +1,140 @@
+"""A broker starts every time: ports taken by other programs are retried, and Docker gives way to a local node."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import warnings
+from typing import Iterator
+
+import pytest
+
+from helpers import require
+from voicelab import broker as vb
+from voicelab.broker import container, local
+
+MODULES = {"container": container, "local": local}
+
+
+def _listen() -> socket.socket:
+    """A socket that holds a port on 127.0.0.1, as another program would."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s
+
+
+def _ports(first: list[int]) -> Iterator[int]:
+    yield from first
+    while True:
+        yield vb.free_port()
+
+
+def _make(backend: str) -> vb.Broker:
+    return vb.ContainerBroker() if backend == "container" else vb.LocalBroker()
+
+
+@pytest.mark.parametrize("backend", ["container", "local"])
+def test_a_taken_port_is_retried_with_fresh_ports(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The port chosen for AMQP is taken before the broker binds it: the start retries and works."""
+    require(backend)
+    with _listen() as holder:
+        taken = holder.getsockname()[1]
+        ports = _ports([taken])
+        monkeypatch.setattr(MODULES[backend], "free_port", lambda: next(ports))
+        with _make(backend).start() as broker:
+            assert broker.port != taken
+            with broker.connect():
+                pass
+            url = broker.amqp_url
+            broker.kill()
+            broker.start()
+            assert broker.amqp_url == url, "once started, the ports stay fixed across kill() + start()"
+
+
+def test_ports_taken_every_time_give_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    require("container")
+    with _listen() as holder:
+        taken = holder.getsockname()[1]
+        monkeypatch.setattr(container, "free_port", lambda: taken)
+        with pytest.raises(vb.BrokerUnavailable) as e:
+            vb.ContainerBroker().start()
+    text = str(e.value)
+    assert f"port {taken}" in text and f"{vb.PORT_ATTEMPTS} sets of ports" in text, text
+    assert f"pid={os.getpid()}" in text or "ss" in text, f"the error should say what holds the port: {text}"
+
+
+@pytest.mark.parametrize("backend", ["container", "local"])
+def test_brokers_start_while_other_programs_grab_ports(backend: str) -> None:
+    """Another program binds and releases random ports all the time; two brokers still start."""
+    require(backend)
+    stop = threading.Event()
+
+    def grab() -> None:
+        held: list[socket.socket] = []
+        while not stop.is_set():
+            held.append(_listen())
+            if len(held) > 50:
+                held.pop(0).close()
+            stop.wait(0.005)
+        for s in held:
+            s.close()
+
+    grabber = threading.Thread(target=grab, daemon=True)
+    grabber.start()
+    try:
+        with _make(backend).start() as one, _make(backend).start() as two:
+            for broker in (one, two):
+                with broker.connect():
+                    pass
+    finally:
+        stop.set()
+        grabber.join()
+
+
+def _unpullable_default(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The default image when this machine cannot have it (no registry), else one that exists nowhere."""
+    for name in ("VOICELAB_AMQP_URL", "VOICELAB_BACKEND", "VOICELAB_RABBITMQ_IMAGE"):
+        monkeypatch.delenv(name, raising=False)
+    if vb.image_present(vb.DEFAULT_IMAGE):
+        monkeypatch.setattr(container, "DEFAULT_IMAGE", "voicelab/no-such-image:0.0")
+        return "voicelab/no-such-image:0.0"
+    return vb.DEFAULT_IMAGE
+
+
+def test_auto_falls_back_to_local_when_docker_cannot_provide_the_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    require("container")
+    require("local")
+    image = _unpullable_default(monkeypatch)
+    with pytest.warns(vb.BackendFallback) as said:
+        broker = vb.start_broker()
+    try:
+        assert broker.backend == "local"
+        with broker.connect():
+            pass
+        fallbacks = [w for w in said if issubclass(w.category, vb.BackendFallback)]
+        assert len(fallbacks) == 1, "say it once"
+        line = str(fallbacks[0].message)
+        assert "\n" not in line and line == broker.notice
+        assert line.startswith(f"Docker could not provide {image}") and \
+            line.endswith(f"using the local rabbitmq-server {broker.version} instead"), line
+    finally:
+        broker.stop()
+
+
+@pytest.mark.parametrize("explicit", ["VOICELAB_BACKEND=container", "VOICELAB_RABBITMQ_IMAGE", "backend argument"])
+def test_an_explicit_container_choice_never_falls_back(explicit: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    require("container")
+    image = _unpullable_default(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", vb.BackendFallback)
+        with pytest.raises(vb.BrokerUnavailable, match="build-image"):
+            if explicit == "VOICELAB_BACKEND=container":
+                monkeypatch.setenv("VOICELAB_BACKEND", "container")
+                vb.start_broker()
+            elif explicit == "VOICELAB_RABBITMQ_IMAGE":
+                monkeypatch.setenv("VOICELAB_RABBITMQ_IMAGE", "voicelab/no-such-image:0.0")
+                vb.start_broker()
+            else:
+                vb.start_broker("container", image)

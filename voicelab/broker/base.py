@@ -1,0 +1,317 @@
+"""What every broker is: where it listens, how to connect, how it starts, and the errors it raises.
+
+A backend (:mod:`~voicelab.broker.url`, :mod:`~voicelab.broker.container`,
+:mod:`~voicelab.broker.local`) fills in four steps: pick its ports, launch,
+say what the watchdog must remove, and discard a failed launch. :meth:`Broker.start`
+is the one template around them: it registers the broker for clean-up at exit,
+waits until it answers, and retries with fresh ports when a port was taken
+between choosing it and binding it.
+
+Example::
+
+    >>> mask_url("amqp://guest:secret@localhost:5672/%2F")
+    'amqp://guest:***@localhost:5672/%2F'
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import weakref
+from abc import ABC, abstractmethod
+from typing import Any
+
+import pika
+import pika.exceptions
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
+import requests
+
+from . import reaper
+
+DEFAULT_IMAGE = "rabbitmq:4.3-management"
+STATS_INTERVAL_MS = 1000  # event emission interval (default 5000); queue counters still refresh every 5 s
+PORT_ATTEMPTS = 5  # a fresh start whose port was taken meanwhile tries this many sets of ports
+
+HOW_TO_GET_A_BROKER = """\
+voicelab needs a real RabbitMQ and found none. Any one of these works:
+  1. An existing broker: export VOICELAB_AMQP_URL=amqp://guest:guest@localhost:5672/%2F
+  2. Docker: start a Docker engine (Docker Desktop, or `sudo apt-get install docker.io`
+     then `sudo dockerd`); voicelab runs the image in VOICELAB_RABBITMQ_IMAGE
+     (default rabbitmq:4.3-management) with testcontainers.
+  3. A local rabbitmq-server: `sudo apt-get install rabbitmq-server` (Debian/Ubuntu),
+     `brew install rabbitmq` (macOS) or `conda install -c conda-forge rabbitmq-server`;
+     voicelab starts a private node in a temporary folder.
+Run `python -m voicelab doctor` to see what this machine has."""
+
+
+class BrokerError(RuntimeError):
+    """Base class of voicelab's broker errors."""
+
+
+class BrokerUnavailable(BrokerError):
+    """No broker could be obtained; the message says how to get one."""
+
+
+class BrokerControlError(BrokerError):
+    """The operation needs a broker that voicelab started (not a ``VOICELAB_AMQP_URL`` one)."""
+
+
+class PortInUse(BrokerError):
+    """The broker could not bind ``port``: something else took it after voicelab chose it."""
+
+    def __init__(self, port: int, detail: str = "") -> None:
+        super().__init__(f"port {port} on 127.0.0.1 is already in use ({who_holds(port)}){detail}")
+        self.port = port
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with its password replaced by ``***``.
+
+    >>> mask_url("amqp://guest:secret@localhost:5672/%2F")
+    'amqp://guest:***@localhost:5672/%2F'
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (it may be taken again at any moment).
+
+    >>> 0 < free_port() < 65536
+    True
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def who_holds(port: int) -> str:
+    """Which process listens on TCP ``port``, as ``ss`` reports it (Linux), or why that is unknown."""
+    if shutil.which("ss") is None:
+        return "no `ss` here to tell which process holds it"
+    with contextlib.suppress(Exception):
+        out = subprocess.run(["ss", "-Htlnp", f"sport = :{port}"], capture_output=True, text=True, timeout=5)
+        lines = [" ".join(line.split()[3:]) for line in out.stdout.splitlines() if line.strip()]
+        if lines:
+            return "held by " + "; ".join(lines)
+        return "free again now: another process held it for a moment"
+    return "could not ask `ss` which process holds it"
+
+
+def run_id() -> str:
+    """``VOICELAB_RUN_ID``: a tag that a test run (and every kernel it starts) puts on its brokers, or ``""``."""
+    return "".join(ch for ch in os.environ.get("VOICELAB_RUN_ID", "") if ch.isalnum())
+
+
+_LIVE: "weakref.WeakSet[Broker]" = weakref.WeakSet()
+
+
+@atexit.register
+def stop_all() -> None:
+    """Stop every broker this process started and has not stopped yet (runs at interpreter exit)."""
+    for broker in list(_LIVE):
+        with contextlib.suppress(Exception):
+            broker.stop()
+
+
+def is_live(broker: "Broker") -> bool:
+    """True while ``broker`` was started by this process and not stopped since."""
+    return broker in _LIVE
+
+
+class Broker(ABC):
+    """A running RabbitMQ: where it is, how to connect, and (if voicelab owns it) how to crash it.
+
+    Attributes:
+        backend: ``"url"``, ``"container"`` or ``"local"``.
+        can_control: True when ``restart()``, ``kill()`` and ``start()`` are allowed.
+        notice: one line on how this broker was chosen when the first choice failed, else ``""``.
+    """
+
+    backend: str = ""
+    can_control: bool = True
+
+    def __init__(self) -> None:
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.management_port: int | None = None
+        self.prometheus_port: int | None = None
+        self.username = "guest"
+        self.password = "guest"
+        self.vhost = "/"
+        self.notice = ""
+        self._version: str | None = None
+
+    # -- where it is ---------------------------------------------------
+    @property
+    def amqp_url(self) -> str:
+        """The AMQP URL, credentials included (``amqp://guest:guest@127.0.0.1:PORT/%2F``)."""
+        vhost = urllib.parse.quote(self.vhost, safe="")
+        user = urllib.parse.quote(self.username, safe="")
+        pw = urllib.parse.quote(self.password, safe="")
+        return f"amqp://{user}:{pw}@{self.host}:{self.port}/{vhost}"
+
+    @property
+    def management_url(self) -> str | None:
+        """Base URL of the management HTTP API and UI, or None when it is not known."""
+        return None if self.management_port is None else f"http://{self.host}:{self.management_port}"
+
+    @property
+    def prometheus_url(self) -> str | None:
+        """URL of the ``rabbitmq_prometheus`` metrics endpoint, or None when it is not known."""
+        return None if self.prometheus_port is None else f"http://{self.host}:{self.prometheus_port}/metrics"
+
+    def parameters(self, **overrides: Any) -> pika.ConnectionParameters:
+        """pika connection parameters; keyword arguments override (e.g. ``heartbeat=5``)."""
+        kwargs: dict[str, Any] = dict(
+            host=self.host,
+            port=self.port,
+            virtual_host=self.vhost,
+            credentials=pika.PlainCredentials(self.username, self.password),
+            connection_attempts=3,
+            retry_delay=0.5,
+            client_properties={"connection_name": "voicelab"},
+        )
+        kwargs.update(overrides)
+        return pika.ConnectionParameters(**kwargs)
+
+    def connect(self, **overrides: Any) -> pika.BlockingConnection:
+        """Open a new ``pika.BlockingConnection``; use it in a ``with`` block so it closes."""
+        return pika.BlockingConnection(self.parameters(**overrides))
+
+    @property
+    def version(self) -> str:
+        """The RabbitMQ server version, as the broker reports it (e.g. ``"4.0.5"``)."""
+        if self._version is None:
+            connection = self.connect(connection_attempts=1)
+            try:
+                props = connection._impl.server_properties  # pika has no public accessor
+                raw = props.get("version", b"unknown")
+                self._version = raw.decode() if isinstance(raw, bytes) else str(raw)
+            finally:
+                connection.close()
+        return self._version
+
+    @property
+    def version_info(self) -> tuple[int, int]:
+        """``(major, minor)`` of :attr:`version`, for comparisons: ``broker.version_info >= (4, 0)``."""
+        major, minor, *_ = (self.version.split(".") + ["0", "0"])[:2]
+        return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {mask_url(self.amqp_url)} mgmt={self.management_url}>"
+
+    # -- life cycle: one template, four backend steps ---------------------
+    def start(self) -> "Broker":
+        """Start the broker (again, after ``kill()``: same ports, data on disk kept); returns ``self``.
+
+        A first start whose port was taken meanwhile by another program is retried
+        with fresh ports (:data:`PORT_ATTEMPTS` times); once started, the ports stay
+        fixed across ``restart()`` and ``kill()`` + ``start()``, so URLs stay valid.
+        """
+        if self._running():
+            return self
+        fresh = self._fresh()
+        last: PortInUse | None = None
+        for _ in range(PORT_ATTEMPTS if fresh else 1):
+            if fresh:
+                self._choose_ports()
+            try:
+                self._launch()
+                _LIVE.add(self)
+                watch = self._watch()
+                if watch:
+                    reaper.watch(**watch)
+                self.wait_ready()
+                return self
+            except PortInUse as e:
+                last = e
+                self.stop()
+                if not fresh:
+                    raise PortInUse(e.port, ": it is this broker's own port since its first start, and clients "
+                                            "expect it there; free it, or stop() and start a new broker") from None
+            except BaseException:
+                self.stop()
+                raise
+        assert last is not None
+        raise BrokerUnavailable(f"{type(self).__name__} could not start: {PORT_ATTEMPTS} sets of ports were taken "
+                                f"by other programs before the broker could bind them; the last: {last}")
+
+    @abstractmethod
+    def _fresh(self) -> bool:
+        """True when nothing of this broker exists yet (its ports may still be chosen)."""
+
+    @abstractmethod
+    def _running(self) -> bool:
+        """True when the broker's process or container runs."""
+
+    @abstractmethod
+    def _choose_ports(self) -> None:
+        """Choose the ports of a fresh broker."""
+
+    @abstractmethod
+    def _launch(self) -> None:
+        """Start the process or container; raise :class:`PortInUse` when a port is taken."""
+
+    def _watch(self) -> dict[str, Any] | None:
+        """Keyword arguments of :func:`voicelab.broker.reaper.watch` after a launch, or None."""
+        return None
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop the broker and delete everything it started. Safe to call twice."""
+
+    @abstractmethod
+    def kill(self) -> None:
+        """Crash the broker (SIGKILL): no clean shutdown, data on disk kept for ``start()``."""
+
+    @abstractmethod
+    def restart(self) -> None:
+        """Graceful restart: durable queues and persistent messages survive, transient ones do not."""
+
+    def _unregister(self) -> None:
+        """Forget this broker in the exit-time clean-up (called by ``stop()``)."""
+        _LIVE.discard(self)
+
+    def __enter__(self) -> "Broker":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Block until the broker accepts an AMQP connection (and its management API answers)."""
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                connection = self.connect(connection_attempts=1, socket_timeout=2, stack_timeout=3,
+                                          blocked_connection_timeout=5)
+                connection.close()
+                if self.management_url:
+                    r = requests.get(f"{self.management_url}/api/overview", auth=(self.username, self.password),
+                                     timeout=2)
+                    r.raise_for_status()
+                return
+            except (pika.exceptions.AMQPError, OSError, requests.RequestException,
+                    AMQPConnectorException) as e:  # e.g. a handshake with another program's socket times out
+                last = e
+                time.sleep(0.25)
+        raise BrokerError(f"{self!r} was not ready after {timeout:.0f} s (last error: {last!r}){self._log_tail()}")
+
+    def _check_alive(self) -> None:
+        """Raise (with the broker's log) when it died during start-up; :class:`PortInUse` for a taken port."""
+
+    def _log_tail(self) -> str:
+        return ""

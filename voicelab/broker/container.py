@@ -1,0 +1,155 @@
+"""RabbitMQ in a Docker container, started with testcontainers, its ports on 127.0.0.1 only.
+
+Example::
+
+    with ContainerBroker("voicelab/rabbitmq:4.0").start() as broker:
+        print(broker.version)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from typing import Any
+
+from .base import (DEFAULT_IMAGE, STATS_INTERVAL_MS, Broker, BrokerError, BrokerUnavailable, PortInUse, free_port,
+                   run_id)
+from .engine import image_present, pull_image, remove_labelled
+
+PORT_TAKEN = ("port is already allocated", "address already in use")  # what Docker says when a host port is taken
+
+
+def testcontainers_env() -> None:
+    """Settings testcontainers reads at import: no Ryuk (no registry here), client traffic on loopback."""
+    os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+    docker_host = os.environ.get("DOCKER_HOST", "")
+    if not docker_host or docker_host.startswith("unix://"):
+        os.environ.setdefault("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
+        os.environ.setdefault("TESTCONTAINERS_HOST_OVERRIDE", "127.0.0.1")
+
+
+def offline_image_help(image: str) -> str:
+    """What to do when the Docker engine has no ``image`` and cannot pull it."""
+    return (
+        f"The Docker engine has no image {image!r} and cannot pull it (no registry reachable?).\n"
+        "Build one from Debian packages, no registry needed (root, debootstrap, about a minute):\n"
+        "  sudo python -m voicelab build-image trixie voicelab/rabbitmq:4.0\n"
+        "  export VOICELAB_RABBITMQ_IMAGE=voicelab/rabbitmq:4.0\n"
+        "(suites: bookworm = RabbitMQ 3.10, trixie = 4.0, sid = 4.3), or `docker load` an image saved elsewhere."
+    )
+
+
+class ContainerBroker(Broker):
+    """RabbitMQ in a Docker container of ``image`` (default ``$VOICELAB_RABBITMQ_IMAGE`` or the official one).
+
+    Example::
+
+        with ContainerBroker("voicelab/rabbitmq:4.0").start() as broker:
+            print(broker.version)
+    """
+
+    backend = "container"
+
+    def __init__(self, image: str | None = None) -> None:
+        super().__init__()
+        self.image = image or os.environ.get("VOICELAB_RABBITMQ_IMAGE") or DEFAULT_IMAGE
+        self._container: Any = None
+        self._id = uuid.uuid4().hex  # labels this broker's container, so that stop() finds it in every state
+        self._watched = False
+
+    def _wrapped(self) -> Any:
+        if self._container is None:
+            raise BrokerError(f"{self!r} is not started (or was stopped): call start()")
+        return self._container.get_wrapped_container()
+
+    def _fresh(self) -> bool:
+        return self._container is None
+
+    def _running(self) -> bool:
+        if self._container is None:
+            return False
+        wrapped = self._wrapped()
+        wrapped.reload()
+        return bool(wrapped.status == "running")
+
+    def _choose_ports(self) -> None:
+        self.port, self.management_port, self.prometheus_port = free_port(), free_port(), free_port()
+
+    def _launch(self) -> None:
+        if self._container is not None:  # after kill(): the same container, its data and ports
+            self._start_wrapped()
+            return
+        testcontainers_env()
+        from testcontainers.community.rabbitmq import RabbitMqContainer
+
+        if not image_present(self.image):
+            said = pull_image(self.image)
+            if said is not None:
+                raise BrokerUnavailable(f"{offline_image_help(self.image)}\n(docker said: {said})")
+        c = RabbitMqContainer(self.image, port=5672, username="guest", password="guest", vhost="/")
+        c.with_exposed_ports(15672, 15692)
+        # Loopback only: a guest/guest broker must not be reachable from the network.
+        c.ports[5672] = ("127.0.0.1", self.port)
+        c.ports[15672] = ("127.0.0.1", self.management_port)
+        c.ports[15692] = ("127.0.0.1", self.prometheus_port)
+        c.with_env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", f"-rabbit collect_statistics_interval {STATS_INTERVAL_MS}")
+        labels = {"org.voicelab.owner-pid": str(os.getpid()), "org.voicelab.broker-id": self._id}
+        if run_id():
+            labels["org.voicelab.run-id"] = run_id()
+        c.with_kwargs(labels=labels)
+        self._container = c
+        try:
+            c.start()
+        except Exception as e:
+            self._raise_if_port_taken(e)
+            raise
+
+    def _start_wrapped(self) -> None:
+        try:
+            self._wrapped().start()
+        except Exception as e:
+            self._raise_if_port_taken(e)
+            raise
+
+    def _raise_if_port_taken(self, error: Exception) -> None:
+        text = str(error).lower()
+        if any(s in text for s in PORT_TAKEN):
+            taken = [p for p in (self.port, self.management_port, self.prometheus_port) if f":{p}" in text]
+            raise PortInUse(taken[0] if taken else self.port, f" (docker said: {error})") from None
+
+    def _watch(self) -> dict[str, Any] | None:
+        if self._watched:  # the watchdog of its first start still watches the same container
+            return None
+        self._watched = True
+        return {"container_id": self._wrapped().id}
+
+    def _check_alive(self) -> None:
+        wrapped = self._wrapped()
+        wrapped.reload()
+        if wrapped.status == "exited":
+            raise BrokerError(f"the RabbitMQ container exited during start-up{self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        with contextlib.suppress(Exception):
+            out = self._wrapped().logs(tail=30).decode(errors="replace")
+            return "\n--- container log (last lines) ---\n" + out
+        return ""
+
+    def stop(self) -> None:
+        self._unregister()
+        c, self._container = self._container, None
+        if c is not None:
+            with contextlib.suppress(Exception):
+                c.stop()  # removes the container and its volumes
+            # a container that was created but never started (a port was taken) is not known to testcontainers
+            with contextlib.suppress(Exception):
+                remove_labelled(f"org.voicelab.broker-id={self._id}")
+        self._watched = False
+
+    def kill(self) -> None:
+        self._wrapped().kill()
+
+    def restart(self) -> None:
+        self._wrapped().restart(timeout=60)
+        self.wait_ready()
