@@ -15,17 +15,34 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # `import helpers` from every test file
 
-from helpers import backend_params, beam_processes, owned_containers, start_backend  # noqa: E402
+from helpers import backend_params, beam_processes, owned_containers, start_backend, version_params  # noqa: E402
 from voicelab import broker as vb  # noqa: E402
 
 
+_STARTED: dict[tuple[str, str | None], vb.Broker] = {}
+
+
+def _broker(param: tuple[str, str | None]) -> vb.Broker:
+    """One broker per (backend, image) for the whole session, shared by the fixtures below."""
+    if param not in _STARTED or not vb.is_live(_STARTED[param]):
+        _STARTED[param] = start_backend(*param)
+    return _STARTED[param]
+
+
+@pytest.fixture(scope="session", params=version_params())
+def any_broker(request: pytest.FixtureRequest) -> vb.Broker:
+    """A broker per RabbitMQ version CI provides (the container images); pytest groups tests by broker.
+
+    The local node runs 3.10 like the bookworm image, so the lessons' tests do not run on it twice;
+    the backend's own tests (``each_backend``) do.
+    """
+    return _broker(request.param)
+
+
 @pytest.fixture(scope="session", params=backend_params())
-def any_broker(request: pytest.FixtureRequest):
-    """A broker per backend and image; pytest groups the tests by broker so each starts once."""
-    backend, image = request.param
-    broker = start_backend(backend, image)
-    yield broker
-    broker.stop()
+def each_backend(request: pytest.FixtureRequest) -> vb.Broker:
+    """A broker per version *and* per backend: the container images and the local node."""
+    return _broker(request.param)
 
 
 @pytest.fixture
@@ -57,9 +74,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             os.environ["VOICELAB_MANAGEMENT_URL"] = broker.management_url
         print(f"\nnotebooks share RabbitMQ {broker.version} ({broker.backend} "
               f"{getattr(broker, 'image', '')}) at {vb.mask_url(broker.amqp_url)}")
+        if broker.notice:
+            print(f"note: {broker.notice}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for broker in _STARTED.values():
+        broker.stop()
     broker = getattr(session.config, "_voicelab_broker", None)
     if broker is not None:
         broker.stop()

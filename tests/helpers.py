@@ -34,14 +34,26 @@ def skipped_images() -> dict[str, str]:
     return out
 
 
-def backend_params() -> list:
-    """One pytest param per broker: each container image, the skipped ones, and the local node."""
+def version_params() -> list:
+    """One pytest param per RabbitMQ version: each container image (and the skipped ones, as skips).
+
+    Without a Docker engine (a learner with only rabbitmq-server), the local node instead.
+    """
+    if not (REQUIRE or vb.docker_engine()[0]):
+        return [pytest.param(("local", None), id="local")]
     params = [pytest.param(("container", image), id=f"container:{image}") for image in images()]
     params += [
         pytest.param(("container", image), id=f"container:{image}", marks=pytest.mark.skip(reason=reason))
         for image, reason in skipped_images().items()
     ]
-    params.append(pytest.param(("local", None), id="local"))
+    return params
+
+
+def backend_params() -> list:
+    """:func:`version_params` and the local node: for the tests of the backends themselves."""
+    params = version_params()
+    if not any(p.values[0][0] == "local" for p in params):
+        params.append(pytest.param(("local", None), id="local"))
     return params
 
 

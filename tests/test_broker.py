@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 
 import pika
 import pika.exceptions
@@ -13,8 +14,13 @@ from voicelab import broker as vb
 from voicelab.broker import choice
 
 
-def test_round_trip_and_version(any_broker: vb.Broker, channel) -> None:
-    assert re.fullmatch(r"\d+\.\d+\.\d+.*", any_broker.version), any_broker.version
+def test_round_trip_and_version(each_backend: vb.Broker) -> None:
+    with each_backend.connect() as connection:
+        _round_trip(each_backend, connection.channel())
+
+
+def _round_trip(each_backend: vb.Broker, channel) -> None:
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*", each_backend.version), each_backend.version
     channel.queue_declare("rt", durable=True)
     channel.basic_publish("", "rt", b"hello", pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent))
     method, _, body = channel.basic_get("rt", auto_ack=True)
@@ -22,14 +28,17 @@ def test_round_trip_and_version(any_broker: vb.Broker, channel) -> None:
     channel.queue_delete("rt")
 
 
-def test_ports_are_on_loopback_only(any_broker: vb.Broker) -> None:
-    assert any_broker.host == "127.0.0.1"
-    assert any_broker.amqp_url.startswith("amqp://guest:guest@127.0.0.1:")
-    r = requests.get(f"{any_broker.management_url}/api/overview", auth=("guest", "guest"), timeout=5)
-    assert r.json()["rabbitmq_version"] == any_broker.version
-    if any_broker.backend == "container":
-        ports = any_broker._container.get_wrapped_container().attrs["HostConfig"]["PortBindings"]
-        assert {b["HostIp"] for binding in ports.values() for b in binding} == {"127.0.0.1"}
+def test_ports_are_on_loopback_only(each_backend: vb.Broker) -> None:
+    assert each_backend.host == "127.0.0.1"
+    assert each_backend.amqp_url.startswith("amqp://guest:guest@127.0.0.1:")
+    r = requests.get(f"{each_backend.management_url}/api/overview", auth=("guest", "guest"), timeout=5)
+    assert r.json()["rabbitmq_version"] == each_backend.version
+    for port in (each_backend.port, each_backend.management_port, each_backend.prometheus_port):
+        listening = subprocess.run(["ss", "-Htln", f"sport = :{port}"], capture_output=True, text=True).stdout
+        addresses = {line.split()[3].rsplit(":", 1)[0] for line in listening.splitlines()}
+        assert addresses == {"127.0.0.1"}, f"port {port} listens on {addresses}: loopback only, please"
+    metrics = requests.get(each_backend.prometheus_url, timeout=5)
+    assert metrics.ok and "rabbitmq_" in metrics.text, "the rabbitmq_prometheus plugin answers"
 
 
 def _setup_durability(broker: vb.Broker) -> bool:
@@ -62,23 +71,23 @@ def _check_durability(broker: vb.Broker, transient: bool) -> None:
             assert e.value.reply_code == 404
 
 
-def test_restart_keeps_durable_drops_transient(any_broker: vb.Broker) -> None:
-    url = any_broker.amqp_url
-    transient = _setup_durability(any_broker)
-    any_broker.restart()
-    assert any_broker.amqp_url == url, "a restart must keep the URL so clients can reconnect"
-    _check_durability(any_broker, transient)
+def test_restart_keeps_durable_drops_transient(each_backend: vb.Broker) -> None:
+    url = each_backend.amqp_url
+    transient = _setup_durability(each_backend)
+    each_backend.restart()
+    assert each_backend.amqp_url == url, "a restart must keep the URL so clients can reconnect"
+    _check_durability(each_backend, transient)
 
 
-def test_kill_then_start_keeps_data_on_disk(any_broker: vb.Broker) -> None:
-    url = any_broker.amqp_url
-    transient = _setup_durability(any_broker)
-    any_broker.kill()
+def test_kill_then_start_keeps_data_on_disk(each_backend: vb.Broker) -> None:
+    url = each_backend.amqp_url
+    transient = _setup_durability(each_backend)
+    each_backend.kill()
     with pytest.raises(pika.exceptions.AMQPConnectionError):
-        any_broker.connect(connection_attempts=1, socket_timeout=2)
-    any_broker.start()
-    assert any_broker.amqp_url == url
-    _check_durability(any_broker, transient)
+        each_backend.connect(connection_attempts=1, socket_timeout=2)
+    each_backend.start()
+    assert each_backend.amqp_url == url
+    _check_durability(each_backend, transient)
 
 
 def test_malformed_url_names_it_and_masks_password(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,15 +98,15 @@ def test_malformed_url_names_it_and_masks_password(monkeypatch: pytest.MonkeyPat
     assert "s3cret" not in str(e.value) and "bob:***" in str(e.value)
 
 
-def test_url_backend_uses_the_broker_and_refuses_to_crash_it(any_broker: vb.Broker,
+def test_url_backend_uses_the_broker_and_refuses_to_crash_it(each_backend: vb.Broker,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VOICELAB_AMQP_URL", any_broker.amqp_url)
+    monkeypatch.setenv("VOICELAB_AMQP_URL", each_backend.amqp_url)
     broker = vb.start_broker()
-    assert broker.backend == "url" and broker.version == any_broker.version
+    assert broker.backend == "url" and broker.version == each_backend.version
     with pytest.raises(vb.BrokerControlError, match="voicelab started"):
         broker.kill()
     broker.stop()  # does nothing to a broker voicelab did not start
-    with any_broker.connect():
+    with each_backend.connect():
         pass
 
 
@@ -125,13 +134,13 @@ def test_missing_image_without_registry_says_how_to_build_one() -> None:
     assert "build-image" in str(e.value) and "VOICELAB_RABBITMQ_IMAGE" in str(e.value)
 
 
-def test_own_broker_is_controllable_even_with_a_url(any_broker: vb.Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_own_broker_is_controllable_even_with_a_url(each_backend: vb.Broker, monkeypatch: pytest.MonkeyPatch) -> None:
     """Restart and crash demos get a broker voicelab controls, never the shared URL one."""
-    if any_broker.backend != "local":
+    if each_backend.backend != "local":
         pytest.skip("one backend is enough: own_broker picks the machine's best")
-    monkeypatch.setenv("VOICELAB_AMQP_URL", any_broker.amqp_url)
+    monkeypatch.setenv("VOICELAB_AMQP_URL", each_backend.amqp_url)
     with vb.own_broker() as mine:
-        assert mine.can_control and mine.amqp_url != any_broker.amqp_url
+        assert mine.can_control and mine.amqp_url != each_backend.amqp_url
         with mine.connect():
             pass
     with pytest.raises(pika.exceptions.AMQPConnectionError):

@@ -8,9 +8,9 @@ import time
 import pytest
 
 from voicelab import broker as vb
-from voicelab.concurrency import ThreadPoolConsumer, run_guide_processor
-from voicelab.exercises import ch04
+from voicelab.concurrency import ThreadPoolConsumer
 from voicelab.fleet import cpu_jobs, io_jobs, run_fleet
+from voicelab.guide_patterns import run_guide_processor
 from voicelab.heartbeats import long_job
 from voicelab.management import Management
 from voicelab.queues import dlq_name, refill, wait_stable
@@ -99,13 +99,3 @@ def test_fleet_runs_every_job(any_broker: vb.Broker) -> None:
     assert r["jobs"] == 40 and r["jobs_per_s"] > 0 and r["prefetch"] == 4
     r = run_fleet(any_broker, "t.fleet", cpu_jobs(4, work=1000), processes=1, threads=0)
     assert r["jobs"] == 4
-
-
-def test_ch04_reference_passes_stub_and_wrong_fail(as_shared) -> None:
-    assert ch04.q1.run(ch04.size_fleet).passed
-    assert not ch04.q1.run(lambda s, t, c: (_ for _ in ()).throw(NotImplementedError)).attempted
-    for wrong, says in [(lambda s, t, c: {"processes": 1, "threads": 10, "prefetch": 1}, "At most 1 job"),
-                        (lambda s, t, c: {"processes": 1, "threads": 0, "prefetch": 1}, "target"),
-                        (lambda s, t, c: {"processes": 99, "threads": 1, "prefetch": 1}, "processes must be")]:
-        result = ch04.q1.run(wrong)
-        assert not result.passed and says in result.message, result.message

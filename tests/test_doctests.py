@@ -9,7 +9,8 @@ import pytest
 
 MODULES = ["broker", "jobs", "measure", "routing", "fairness", "queues", "throughput", "acks", "management",
            "concurrency", "fleet", "heartbeats",
-           "worker", "uploads", "reaper", "cli", "exercises"]
+           "worker", "uploads", "cli", "exercises", "guide_patterns", "publishing", "durability", "exercises.core", "broker.base", "broker.url",
+           "broker.engine", "broker.erlang", "broker.container", "broker.local", "broker.choice", "broker.reaper"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -1,14 +1,161 @@
-"""Every exercise: its reference passes its checker on the broker; a stub and known-wrong answers fail."""
+"""Exercises: the core machinery (hints, scratch queues, verdicts), then every chapter's problems on the broker.
+
+Every exercise's reference passes its checker on the real broker; a stub is reported, not raised; known-wrong
+answers fail with a reason; and no checker leaves a ``check.*`` queue or exchange behind.
+"""
 
 from __future__ import annotations
 
+import doctest
 import json
 
 import pika
 import pytest
 
-from voicelab.exercises import ch00, ch01, ch02, ch03
+from voicelab import broker as vb
+from voicelab.exercises import CheckResult, Exercise, Wrong, ch00, ch01, ch02, ch03, ch04, core, scratch_queue
+from voicelab.management import Management
+from voicelab.queues import declare_job_queue, dlq_name
 
+EXERCISES = [ch00.q1, ch01.q1, ch02.q1, ch03.q1, ch04.q1]
+
+
+def _exists(broker: vb.Broker, queue: str) -> bool:
+    """Whether ``queue`` exists, asked with a passive declare (the broker answers 404 when it does not)."""
+    with broker.connect() as connection:
+        try:
+            connection.channel().queue_declare(queue, passive=True)
+        except pika.exceptions.ChannelClosedByBroker as e:
+            if e.reply_code == 404:
+                return False
+            raise
+    return True
+
+
+def _leftovers(broker: vb.Broker) -> list[str]:
+    """Queues and exchanges named ``check.*`` on ``broker`` (the management API lists them at once)."""
+    mgmt = Management(broker)
+    try:
+        return sorted(o["name"] for kind in ("queues", "exchanges")
+                      for o in mgmt.get(f"{kind}/{mgmt.vhost}?columns=name") if o["name"].startswith("check."))
+    finally:
+        mgmt.close()
+
+
+class _Boom(Exception):
+    pass
+
+
+# -- core: hints, verdicts, scratch queues --------------------------------------------------
+
+def _exercise(checker=lambda fn: fn(), hints=("nudge: think of +", "key: return x + 1", "answer: x + 1")):
+    return Exercise("demo.q1", "demo", checker, hints=list(hints), solution=len)
+
+
+def test_hint_list_advances_then_stays_on_the_last(capsys) -> None:
+    q = _exercise()
+    printed = []
+    for n in [None, None, 1, None, None, None]:
+        q.hint(n)
+        printed.append(capsys.readouterr().out)
+    shown = [next(h for h in q.hints if h in out) for out in printed]
+    assert shown == [q.hints[0], q.hints[1], q.hints[0], q.hints[1], q.hints[2], q.hints[2]]
+    assert "Hint 1/3" in printed[0] and "again for the next hint" in printed[0]
+    assert "last hint" in printed[-1] and "demo.q1.solution()" in printed[-1]
+
+
+def test_hint_n_jumps_and_the_next_call_follows_it(capsys) -> None:
+    q = _exercise()
+    q.hint(2)
+    assert q.hints[1] in capsys.readouterr().out
+    q.hint()
+    assert q.hints[2] in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("n", [0, 4, -1])
+def test_hint_out_of_range_says_how_many_hints_there_are(capsys, n) -> None:
+    _exercise().hint(n)
+    assert "has 3 hints" in capsys.readouterr().out
+
+
+def test_hints_must_be_a_non_empty_list() -> None:
+    for bad in ([], "one string is not a list of hints"):
+        with pytest.raises(ValueError, match="hints"):
+            Exercise("demo.q1", "demo", lambda fn: "", hints=bad, solution=len)
+
+
+@pytest.mark.parametrize("q", EXERCISES, ids=lambda q: q.key)
+def test_every_exercise_has_a_nudge_then_more_hints(q: Exercise) -> None:
+    assert len(q.hints) >= 2 and len(set(q.hints)) == len(q.hints), q.hints
+    assert all(h and h == h.strip() and "\n " not in h for h in q.hints), q.hints  # cleaned of source indent
+
+
+def test_run_is_silent_and_reports_stub_crash_and_wrong_answer(capsys) -> None:
+    def checker(fn):
+        if fn(1) != 2:
+            raise Wrong(f"add_one(1) should be 2, got {fn(1)}")
+        return "ok"
+
+    q = _exercise(checker)
+    stub = q.run(lambda x: (_ for _ in ()).throw(NotImplementedError))
+    crash = q.run(lambda x: 1 / 0)
+    wrong = q.run(lambda x: x)
+    right = q.run(lambda x: x + 1)
+    assert capsys.readouterr().out == ""
+    assert isinstance(right, CheckResult) and right and right.passed and "✓" in right.message
+    assert not stub and not stub.attempted and "not solved yet" in stub.message
+    assert not crash and crash.attempted and "ZeroDivisionError" in crash.message
+    assert not wrong and "should be 2, got 1" in wrong.message and q.hints[0] in wrong.message
+    assert q.hints[1] not in wrong.message  # a failure shows the nudge, not the answer
+    q.check(lambda x: x)
+    assert "✗ demo.q1" in capsys.readouterr().out
+
+
+def test_core_docstring_examples_run() -> None:
+    result = doctest.testmod(core, optionflags=doctest.ELLIPSIS)
+    assert result.attempted and not result.failed
+
+
+def test_scratch_queue_is_durable_with_its_dlq_and_deleted_when_the_body_raises(any_broker: vb.Broker) -> None:
+    with pytest.raises(_Boom):
+        with scratch_queue("test", dead_letters=True, broker=any_broker) as queue:
+            assert queue.startswith("check.test.")
+            assert _exists(any_broker, queue) and _exists(any_broker, dlq_name(queue))
+            with any_broker.connect() as connection:
+                declare_job_queue(connection.channel(), queue)  # same arguments: accepted
+                with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+                    connection.channel().queue_declare(queue, durable=False)
+                assert refused.value.reply_code == 406  # it is durable
+            raise _Boom
+    assert not _exists(any_broker, queue) and not _exists(any_broker, dlq_name(queue))
+
+
+def test_scratch_queue_names_are_unique_and_deleted_on_normal_exit(any_broker: vb.Broker) -> None:
+    with scratch_queue("test", broker=any_broker) as a, scratch_queue("test", broker=any_broker) as b:
+        assert a != b and _exists(any_broker, a) and _exists(any_broker, b)
+        assert not _exists(any_broker, dlq_name(a))
+    assert not _exists(any_broker, a) and not _exists(any_broker, b)
+
+
+def test_scratch_queue_is_deleted_when_the_learners_function_raises(as_shared: vb.Broker) -> None:
+    seen: list[str] = []
+
+    def checker(fn):
+        with scratch_queue("test") as queue:  # on shared_broker(), as the chapters' checkers do
+            seen.append(queue)
+            fn(queue)
+        return "ok"
+
+    def crashes(queue):
+        assert _exists(as_shared, queue)
+        raise _Boom("the learner's bug")
+
+    result = _exercise(checker).run(crashes)
+    assert not result.passed and "_Boom" in result.message, result.message
+    assert seen and not _exists(as_shared, seen[0])
+
+
+# -- ch00: enqueue a job ------------------------------------------------------------------
 
 def _stub(channel, queue, job):
     raise NotImplementedError
@@ -40,6 +187,11 @@ def _crashes(channel, queue, job):
     json.dumps(job)  # a VoiceJob is not JSON-serializable as is
 
 
+def _closes_channel(channel, queue, job):
+    ch00.enqueue_job(channel, queue, job)
+    channel.close()
+
+
 def test_ch00_reference_passes(as_shared) -> None:
     result = ch00.q1.run(ch00.enqueue_job)
     assert result.passed, result.message
@@ -53,16 +205,19 @@ def test_ch00_stub_is_reported_not_raised(as_shared) -> None:
 @pytest.mark.parametrize("wrong, says", [
     (_no_properties, "content_type"), (_transient, "delivery_mode"), (_twice, "exactly once"),
     (_wrong_queue, "no message"), (_str_body, "not JSON"), (_crashes, "TypeError"), (42, "pass your function"),
+    (_closes_channel, "closed the channel"),
 ])
 def test_ch00_wrong_answers_fail_with_a_reason(as_shared, wrong, says) -> None:
     result = ch00.q1.run(wrong)
     assert not result.passed and says in result.message, result.message
 
 
-def test_check_prints_the_verdict(as_shared, capsys) -> None:
+def test_check_prints_the_verdict_and_hint_prints_a_hint(as_shared, capsys) -> None:
     ch00.q1.check(ch00.enqueue_job)
     assert "✓" in capsys.readouterr().out
-    ch00.q1.hint()
+    ch00.q1.hint(1)
+    assert "default exchange" in capsys.readouterr().out
+    ch00.q1.hint(2)
     assert "basic_publish" in capsys.readouterr().out
 
 
@@ -111,18 +266,27 @@ def _never_acks(channel, method, properties, body, process):
         channel.basic_reject(method.delivery_tag, requeue=False)
 
 
-# -- ch03: prefetch -----------------------------------------------------------------------
+def _raises_in_callback(channel, method, properties, body, process):
+    raise _Boom("the callback crashed")
+
+
+# -- ch03: prefetch; ch04: fleet ----------------------------------------------------------
 
 @pytest.mark.parametrize("exercise, reference, wrongs", [
     (ch01.q1, ch01.setup_routing, [(_direct_exchange, "did not get"), (_star_for_all, "did not get"),
                                    (_missing_queue, "does not exist")]),
     (ch02.q1, ch02.on_message, [(_ack_first, "dead-letter queue should hold"),
-                                (_requeue_failures, "requeued"), (_never_acks, "neither acked")]),
+                                (_requeue_failures, "requeued"), (_never_acks, "neither acked"),
+                                (_raises_in_callback, "_Boom")]),
     (ch03.q1, ch03.plan, [(lambda s, t: {"consumers": 4, "prefetch": 0}, "took too much"),
                           (lambda s, t: {"consumers": 1, "prefetch": 1}, "the target is"),
                           (lambda s, t: {"consumers": 20, "prefetch": 1}, "from 1 to 8"),
                           (lambda s, t: (4, 1), "exactly the keys")]),
-], ids=["ch01", "ch02", "ch03"])
+    (ch04.q1, ch04.size_fleet, [(lambda s, t, c: {"processes": 1, "threads": 10, "prefetch": 1}, "At most 1 job"),
+                                (lambda s, t, c: {"processes": 1, "threads": 0, "prefetch": 1}, "target"),
+                                (lambda s, t, c: {"processes": 99, "threads": 1, "prefetch": 1},
+                                 "processes must be")]),
+], ids=["ch01", "ch02", "ch03", "ch04"])
 def test_reference_passes_stub_and_wrong_answers_fail(as_shared, exercise, reference, wrongs) -> None:
     result = exercise.run(reference)
     assert result.passed, result.message
@@ -130,3 +294,54 @@ def test_reference_passes_stub_and_wrong_answers_fail(as_shared, exercise, refer
     for wrong, says in wrongs:
         result = exercise.run(wrong)
         assert not result.passed and says in result.message, result.message
+
+
+def test_checkers_leave_no_scratch_queue_or_exchange_behind(as_shared) -> None:
+    """Right, wrong and crashing answers to every chapter: nothing named ``check.*`` remains afterwards."""
+    assert _leftovers(as_shared) == []
+    for exercise, answer in [(ch00.q1, ch00.enqueue_job), (ch00.q1, _crashes), (ch00.q1, _closes_channel),
+                             (ch01.q1, _direct_exchange), (ch01.q1, lambda c, e: (_direct_exchange(c, e), 1 / 0)),
+                             (ch02.q1, _raises_in_callback), (ch02.q1, _never_acks),
+                             (ch03.q1, lambda s, t: {"consumers": 2, "prefetch": 1})]:
+        result = exercise.run(answer)
+        assert _leftovers(as_shared) == [], (exercise.key, result.message)
+
+
+# -- ch05: a publisher that guarantees delivery (the checker kills a broker of its own) -------
+
+from voicelab.exercises import ch05  # noqa: E402
+
+
+def _publish_without_confirms(broker, queue, bodies):
+    """Known wrong: no confirms; reconnects after the crash and believes every publish that returned was sent."""
+    sent = []
+    connection = broker.connect()
+    channel = connection.channel()
+    for body in bodies:
+        try:
+            channel.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2))
+            sent.append(body)
+        except (pika.exceptions.AMQPError, OSError):
+            for _ in range(200):
+                try:
+                    connection = broker.connect(connection_attempts=1)
+                    channel = connection.channel()
+                    break
+                except (pika.exceptions.AMQPError, OSError):
+                    import time
+                    time.sleep(0.1)
+    connection.close()
+    return sent
+
+
+def test_ch05_reference_passes_stub_unattempted_unconfirmed_fails() -> None:
+    with vb.own_broker() as broker:
+        ch05.use_broker(broker)
+        try:
+            result = ch05.q1.run(ch05.publish_all)
+            assert result.passed, result.message
+            assert not ch05.q1.run(lambda b, q, bodies: _stub(None, None, None)).attempted
+            result = ch05.q1.run(_publish_without_confirms)
+            assert not result.passed and "not in the queue after the crash" in result.message, result.message
+        finally:
+            ch05.use_broker(None)

@@ -8,8 +8,29 @@ from voicelab import broker as vb
 from voicelab.acks import SETTLEMENTS, crash_consumer, settle
 from voicelab.fairness import fill_jobs, run_consumers, shares, uneven_durations
 from voicelab.management import Management
+from voicelab.queues import dlq_name, drain, queue_counts, refill, wait_for_consumers
 from voicelab.routing import declare_routing, delete_routing, job_keys, landed, publish_keys
 from voicelab.throughput import consume_pull, consume_push, fill_queue, publish_rate
+
+
+def test_queue_chores(any_broker: vb.Broker, channel) -> None:
+    assert refill(channel, "t.chores", range(3), dead_letters=True) == 3
+    assert [m.body for m in drain(channel, "t.chores")] == [b"0", b"1", b"2"]
+    refill(channel, "t.chores", [b"a", "b", {"c": 1}], confirm=False)  # bulk: all enqueued on return
+    method, properties, body = drain(channel, "t.chores", limit=1)[0]
+    assert body == b"a" and properties.delivery_mode == 2 and queue_counts(channel, "t.chores") == 2
+    with any_broker.connect() as other:
+        listener = other.channel()
+        listener.basic_consume("t.chores", lambda *a: None)
+        assert wait_for_consumers(channel, "t.chores", 1) == 1
+        refill(channel, "t.chores", purge=True)  # a purge keeps the consumer attached ...
+        assert wait_for_consumers(channel, "t.chores", 1, timeout=0.2) == 1
+        refill(channel, "t.chores")  # ... a delete cancels it
+        assert wait_for_consumers(channel, "t.chores", 0) == 0
+        with pytest.raises(TimeoutError, match="1 consumer"):
+            wait_for_consumers(channel, "t.chores", 1, timeout=0.2)
+    channel.queue_delete("t.chores")
+    channel.queue_delete(dlq_name("t.chores"))
 
 
 def test_topic_routing_and_unroutable(any_broker: vb.Broker, channel) -> None:

@@ -31,3 +31,11 @@ def test_time_calls_summary_and_plot() -> None:
     assert ax.get_ylabel() == "time (ms)" and "2 repeat(s)" in ax.get_title()
     with pytest.raises(ValueError, match="repeats"):
         measure.time_calls(lambda i: None, n=1, label="x", repeats=0)
+
+
+def test_one_caption_per_figure() -> None:
+    df = measure.sweep(lambda x: x, {"x": [1, 2]}, repeats=2)
+    ax = measure.plot_sweep(df, "x", title="t", caption="first")
+    measure.add_caption(ax.figure, "second")
+    assert [t.get_text() for t in ax.figure.texts] == ["second"]
+    assert ax.figure.subplotpars.bottom >= 0.75 / ax.figure.get_figheight() - 1e-9

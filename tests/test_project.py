@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -40,10 +41,23 @@ def test_notebooks_are_committed_without_outputs() -> None:
         assert not dirty, f"{path.name}: cells {dirty} have outputs; strip them before committing"
 
 
-def test_doctor_runs() -> None:
-    done = subprocess.run([sys.executable, "-m", "voicelab", "doctor"], capture_output=True, text=True, timeout=60)
+def test_doctor_names_the_backend_that_start_broker_would_take() -> None:
+    from voicelab import broker as vb
+
+    env = {k: v for k, v in os.environ.items() if k not in ("VOICELAB_AMQP_URL",)}
+    done = subprocess.run([sys.executable, "-m", "voicelab", "doctor"], capture_output=True, text=True, timeout=60,
+                          env=env)
     assert done.returncode == 0, done.stderr
-    assert "voicelab will use" in done.stdout or "no broker can be had" in done.stdout
+    backend, why = vb.choose_backend()
+    verdict = [line for line in done.stdout.splitlines() if line.startswith("->")]
+    assert len(verdict) == 1, done.stdout
+    if backend == "none":
+        assert "no broker can be had" in verdict[0]
+    else:
+        assert f": {backend} ({why})" in verdict[0], verdict[0]
+    image = os.environ.get("VOICELAB_RABBITMQ_IMAGE") or vb.DEFAULT_IMAGE
+    if backend == "container" and vb.may_fall_back() and not vb.image_present(image):
+        assert "uses the local rabbitmq-server" in verdict[0], "doctor must announce the fallback before starting"
 
 
 def test_build_script_is_packaged() -> None:
@@ -51,3 +65,59 @@ def test_build_script_is_packaged() -> None:
 
     text = BUILD_SCRIPT.read_text()
     assert "debootstrap" in text and "loopback_users.guest = false" in text
+
+
+def _imports(path: Path, package: str) -> set[str]:
+    """voicelab modules that the module at ``path`` imports (top level or inside functions)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    here = package.split(".")
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = here[: len(here) - node.level] if node.level else []
+            mod = ".".join(base + ([node.module] if node.module else []))
+            if not mod.startswith("voicelab"):
+                continue
+            for alias in node.names:  # `from . import reaper` names a module
+                candidate = f"{mod}.{alias.name}"
+                found.add(candidate if _module_path(candidate) else mod)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("voicelab")}
+    return found
+
+
+def _module_path(name: str) -> Path | None:
+    base = ROOT.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def test_no_module_imports_one_that_imports_it_back() -> None:
+    """voicelab's modules form layers: no import cycle, direct or longer (package __init__ files re-export only)."""
+    graph = {}
+    for path in (ROOT / "voicelab").rglob("*.py"):
+        rel = path.relative_to(ROOT).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        package = name if rel.name == "__init__" else name.rsplit(".", 1)[0]
+        graph[name] = {m for m in _imports(path, package + ".x" if rel.name == "__init__" else name) if m != name}
+
+    def cycle_from(start: str) -> list[str] | None:
+        stack = [(start, [start])]
+        seen = set()
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph.get(node, ()):
+                if nxt == start:
+                    return trail + [start]
+                if nxt not in seen and not graph.get(nxt) is None and not nxt.endswith("__init__"):
+                    seen.add(nxt)
+                    stack.append((nxt, trail + [nxt]))
+        return None
+
+    inits = {n for n in graph if _module_path(n) and _module_path(n).name == "__init__.py"}
+    cycles = [c for n in graph if n not in inits and (c := cycle_from(n)) and not set(c[1:-1]) & inits]
+    assert not cycles, f"import cycles: {cycles[:3]}"

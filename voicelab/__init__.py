@@ -7,6 +7,11 @@ Modules, one concept each:
 - :mod:`voicelab.queues`: declaring durable job queues with a dead-letter queue, publishing jobs
 - :mod:`voicelab.uploads`: the blocking and the queued upload handler
 - :mod:`voicelab.worker`: a worker that drains a queue, acking only finished work
+- :mod:`voicelab.routing`, :mod:`voicelab.throughput`, :mod:`voicelab.acks`, :mod:`voicelab.fairness`,
+  :mod:`voicelab.concurrency`, :mod:`voicelab.fleet`, :mod:`voicelab.heartbeats`: the lessons of notebooks 01-04
+- :mod:`voicelab.publishing` (confirms, a reliable publisher) and :mod:`voicelab.durability`: notebook 05
+- :mod:`voicelab.guide_patterns`: the source guide's broken patterns, as written, run to watch them fail
+- :mod:`voicelab.management`: the broker's HTTP API
 - :mod:`voicelab.measure`: run sizes, repeated timings, honest plots
 - :mod:`voicelab.exercises`: auto-checked exercises
 

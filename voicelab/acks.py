@@ -9,6 +9,7 @@ Example::
 
     crash_consumer(broker, "crash_demo", n=300, auto_ack=True, kill_after=30)
     # {'mode': 'auto-ack', 'processed': 30, 'requeued': 0, 'lost': 270, ...}
+    plot_crashes(pd.DataFrame([crash_consumer(broker, "crash_demo", 300, auto_ack=a) for a in (True, False)]))
 """
 
 from __future__ import annotations
@@ -21,18 +22,19 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # not at run time: the consumer child process imports this module
+    import matplotlib.pyplot as plt
     import pandas as pd
 
 import pika
 
-from .broker import Broker
-from .queues import dlq_name, refill, wait_stable
+from .broker import Broker, UrlBroker
+from .queues import dlq_name, drain, refill, wait_for_consumers, wait_stable
 
 
 def _consumer_main(url: str, queue: str, auto_ack: bool, prefetch: int, job_seconds: float, log_path: str) -> None:
     """Child process: consume ``queue``, 'process' each message, log its id, ack after (manual mode)."""
-    connection = pika.BlockingConnection(pika.URLParameters(url))
+    connection = UrlBroker(url).connect()  # the one way a child process finds its broker again
     channel = connection.channel()
     channel.basic_qos(prefetch_count=prefetch)
     with open(log_path, "a", buffering=1) as log:
@@ -83,18 +85,11 @@ def crash_consumer(broker: Broker, queue: str, n: int, *, auto_ack: bool, prefet
             if child.is_alive():
                 child.kill()
         processed = _lines(log)
-    back: dict[str, bool] = {}
     with broker.connect() as connection:
         channel = connection.channel()
-        deadline = time.monotonic() + timeout  # the broker notices the dead connection, then requeues
-        while channel.queue_declare(queue, passive=True).method.consumer_count and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_consumers(channel, queue, 0, timeout)  # the broker notices the dead connection, then requeues
         wait_stable(channel, queue)
-        while True:
-            method, _, body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                break
-            back[body.decode()] = method.redelivered
+        back = {m.body.decode(): m.method.redelivered for m in drain(channel, queue)}
         channel.queue_delete(queue)
     everything = {str(i) for i in range(n)}
     return {
@@ -135,16 +130,15 @@ def settle(broker: Broker, how: str, queue: str = "settle_demo") -> dict[str, An
         else:
             work.close()
         wait_stable(channel, queue, dlq_name(queue))  # requeue and dead-lettering are asynchronous
-        again, _, _ = channel.basic_get(queue, auto_ack=True)
-        dead, props, _ = channel.basic_get(dlq_name(queue), auto_ack=True)
-        reason = (props.headers or {}).get("x-death", [{}])[0].get("reason") if dead else None
+        again, dead = drain(channel, queue), drain(channel, dlq_name(queue))
+        reason = (dead[0].properties.headers or {}).get("x-death", [{}])[0].get("reason") if dead else None
         channel.queue_delete(queue)
         channel.queue_delete(dlq_name(queue))
     return {
         "settled with": how,
-        "back in queue": again is not None,
-        "redelivered flag": bool(again and again.redelivered),
-        "in dead-letter queue": dead is not None,
+        "back in queue": bool(again),
+        "redelivered flag": bool(again and again[0].method.redelivered),
+        "in dead-letter queue": bool(dead),
         "x-death reason": reason or "",
     }
 
@@ -183,12 +177,47 @@ def forgotten_acks(broker: Broker, queue: str, n: int, hold: float = 8.0, after:
         while time.monotonic() - t0 < hold + after:
             time.sleep(every)
             sample("its channel closed")
-        redelivered = 0
-        while True:
-            method, _, _ = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                break
-            redelivered += method.redelivered
+        redelivered = sum(m.method.redelivered for m in drain(channel, queue))
         channel.queue_delete(queue)
     mgmt.close()
     return pd.DataFrame(samples), redelivered
+
+
+def plot_crashes(crashes: "pd.DataFrame", title: str = "A consumer process killed mid-batch", caption: str = "",
+                 ax: "plt.Axes | None" = None) -> "plt.Axes":
+    """Stacked bars per ack mode: median messages processed, requeued and lost over the rows of :func:`crash_consumer`.
+
+    ``crashes`` has one row per run (its ``repeat`` column counts the repeats).
+    """
+    import matplotlib.pyplot as plt
+
+    from .measure import add_caption
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 2.6))
+    medians = crashes.groupby("mode")[["processed", "requeued", "lost"]].median()
+    medians.plot.barh(stacked=True, color=["#4c9a2a", "#2b6cb0", "#c0392b"], ax=ax)
+    repeats = crashes["repeat"].nunique() if "repeat" in crashes else 1
+    ax.set_xlabel(f"messages (of {crashes['sent'].max()}; median of {repeats} repeats)")
+    ax.set_ylabel("")
+    ax.set_title(title, fontsize=10)
+    add_caption(ax, caption)
+    return ax
+
+
+def plot_forgotten_acks(samples: "pd.DataFrame", caption: str = "", ax: "plt.Axes | None" = None) -> "plt.Axes":
+    """The ready and unacked counters of :func:`forgotten_acks` over time; a dashed line where the channel closed."""
+    import matplotlib.pyplot as plt
+
+    from .measure import add_caption
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3))
+    samples.plot(x="t", y=["ready", "unacked"], drawstyle="steps-post", ax=ax)
+    ax.axvline(samples.loc[samples["phase"] != samples["phase"][0], "t"].min(), color="0.5", linestyle="--")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("messages")
+    ax.set_title("A consumer that never acks, then its channel closes (dashed)\n"
+                 "counters from the management API, which refreshes them every 5 s", fontsize=10)
+    add_caption(ax, caption)
+    return ax

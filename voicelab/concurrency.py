@@ -1,8 +1,9 @@
-"""A thread-pool consumer that is actually thread safe, and the guide's one that is not.
+"""A thread-pool consumer that is actually thread safe: the one to copy.
 
 pika is not thread safe: a ``BlockingConnection`` and its channels belong to
-the thread that made them. The guide's ``ConcurrentProcessor`` acks from pool
-threads and the connection dies within moments. :class:`ThreadPoolConsumer`
+the thread that made them. The guide's ``ConcurrentProcessor`` (in
+:mod:`voicelab.guide_patterns`, to watch it fail) acks from pool threads and
+the connection dies within moments. :class:`ThreadPoolConsumer`
 runs the work on a pool and hands every ack back to the connection's thread
 with ``connection.add_callback_threadsafe``; that thread keeps pumping the
 connection (so heartbeats flow even while a job runs for minutes).
@@ -17,21 +18,14 @@ Example::
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import threading
 import time
-import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
-import pika
-import pika.exceptions
-
 from .broker import Broker
-from .queues import refill, wait_stable
 
 log = logging.getLogger(__name__)
 
@@ -126,91 +120,3 @@ class ThreadPoolConsumer:
             channel.close()
         self.stats.seconds = time.monotonic() - t0
         return self.stats
-
-
-# ---------------------------------------------------------------------------
-# The guide's ConcurrentProcessor, as written (acks from pool threads), run in a child process.
-# ---------------------------------------------------------------------------
-
-class GuideConcurrentProcessor:
-    """The guide's pattern, unchanged in substance: **do not use**. It acks from ThreadPoolExecutor threads."""
-
-    def __init__(self, url: str, queue: str, max_workers: int = 10, job_seconds: float = 0.001) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=max_workers)
-        self.url, self.queue, self.job_seconds = url, queue, job_seconds
-        self.connection = pika.BlockingConnection(pika.URLParameters(url))
-        self.channel = self.connection.channel()
-        self.channel.queue_declare(queue=queue, durable=True)
-        self.channel.basic_qos(prefetch_count=max_workers)
-
-    def process_message(self, ch: Any, method: Any, properties: Any, body: bytes) -> None:
-        message = json.loads(body)
-        future = self.executor.submit(self.process_job, message)
-        future.add_done_callback(lambda f, ch=ch, method=method: self.handle_completion(f, ch, method))
-
-    def process_job(self, message: Any) -> Any:
-        time.sleep(self.job_seconds)
-        return message
-
-    def handle_completion(self, future: Future[Any], ch: Any, method: Any) -> None:
-        try:
-            future.result()
-            ch.basic_ack(delivery_tag=method.delivery_tag)  # called on a pool thread: not thread safe
-        except Exception:
-            ch.basic_nack(delivery_tag=method.delivery_tag, requeue=True)
-
-    def start(self) -> None:
-        self.channel.basic_consume(queue=self.queue, on_message_callback=self.process_message)
-        self.channel.start_consuming()
-
-
-def _guide_main(url: str, queue: str, max_workers: int, report: str) -> None:
-    """Child process: run the guide's processor and write how it ended to ``report``."""
-    import os
-    import sys
-
-    sys.stderr = open(os.devnull, "w")  # pool threads print their own tracebacks; the report has the one that matters
-    try:
-        GuideConcurrentProcessor(url, queue, max_workers).start()
-        outcome = "start_consuming returned"
-    except BaseException as e:  # noqa: BLE001 - the point is to see what it raises
-        outcome = f"{type(e).__name__}: {e}".strip()
-        tb = traceback.format_exc().strip().splitlines()
-        outcome += "\n" + "\n".join(tb[-6:])
-    Path(report).write_text(outcome)
-
-
-def run_guide_processor(broker: Broker, queue: str, n: int, max_workers: int = 10,
-                        timeout: float = 15.0) -> dict[str, Any]:
-    """Fill ``queue`` with ``n`` jobs, run the guide's ConcurrentProcessor in a child process for at most
-    ``timeout`` s, and report how many messages it acked and how it ended. The child is always killed."""
-    import multiprocessing
-    import tempfile
-
-    with broker.connect() as connection:
-        refill(connection.channel(), queue, [json.dumps({"job": i}).encode() for i in range(n)])
-    with tempfile.TemporaryDirectory(prefix="voicelab-guide-") as tmp:
-        report = Path(tmp, "report.txt")
-        child = multiprocessing.get_context("spawn").Process(
-            target=_guide_main, args=(broker.amqp_url, queue, max_workers, str(report)), daemon=True)
-        t0 = time.monotonic()
-        child.start()
-        try:
-            child.join(timeout)
-        finally:  # also on Ctrl-C: the child never outlives this call
-            alive = child.is_alive()
-            if alive:
-                child.kill()
-                child.join(5)
-        seconds = time.monotonic() - t0
-        outcome = report.read_text() if report.exists() else ("still running after "
-                                                              f"{timeout:.0f} s (killed)" if alive else "died")
-    with broker.connect() as connection:
-        channel = connection.channel()
-        deadline = time.monotonic() + 10
-        while channel.queue_declare(queue, passive=True).method.consumer_count and time.monotonic() < deadline:
-            time.sleep(0.05)
-        left = wait_stable(channel, queue)[queue]  # the dead child's messages are requeued asynchronously
-        channel.queue_delete(queue)
-    return {"sent": n, "acked": n - left, "left in queue": left, "seconds": round(seconds, 1),
-            "how it ended": outcome.splitlines()[0], "traceback tail": "\n".join(outcome.splitlines()[1:])}

@@ -10,6 +10,7 @@ Example::
     fill_jobs(broker, "fair", [0.01] * 50)
     timeline = run_consumers(broker, "fair", consumers=3, prefetch=1)
     timeline.groupby("consumer").size()
+    plot_timelines({1: timeline}, caption=broker_caption(broker))
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import pandas as pd
 import pika
 
 from .broker import Broker
+from .measure import add_caption
+from .queues import publish_bodies, queue_counts, refill, wait_for_consumers
 
 
 def uneven_durations(n: int, short: float = 0.01, long: float = 0.2, every: int = 5) -> list[float]:
@@ -35,17 +38,19 @@ def uneven_durations(n: int, short: float = 0.01, long: float = 0.2, every: int 
     return [long if i % every == 0 else short for i in range(n)]
 
 
-def fill_jobs(broker: Broker, queue: str, durations: list[float], purge: bool = True) -> None:
-    """Declare ``queue`` durable, empty it (unless ``purge=False``), publish one job per duration (confirmed)."""
+def timed_jobs(durations: list[float]) -> list[dict[str, Any]]:
+    """The job messages for ``durations``: ``{"job": i, "seconds": s}``.
+
+    >>> timed_jobs([0.2, 0.01])
+    [{'job': 0, 'seconds': 0.2}, {'job': 1, 'seconds': 0.01}]
+    """
+    return [{"job": i, "seconds": seconds} for i, seconds in enumerate(durations)]
+
+
+def fill_jobs(broker: Broker, queue: str, durations: list[float]) -> None:
+    """Empty ``queue`` (a purge: it stays declared durable) and publish one job per duration, persistent, confirmed."""
     with broker.connect() as connection:
-        channel = connection.channel()
-        channel.queue_declare(queue, durable=True)
-        if purge:
-            channel.queue_purge(queue)
-        channel.confirm_delivery()
-        for i, seconds in enumerate(durations):
-            channel.basic_publish("", queue, json.dumps({"job": i, "seconds": seconds}),
-                                  pika.BasicProperties(delivery_mode=2, content_type="application/json"))
+        refill(connection.channel(), queue, timed_jobs(durations), purge=True)
 
 
 def _consumer(broker: Broker, queue: str, name: str, prefetch: int, total: int, done: list[int],
@@ -93,7 +98,7 @@ def run_consumers(broker: Broker, queue: str, consumers: int, prefetch: int, tot
         total = len(publish)
     if total is None:
         with broker.connect() as connection:
-            total = connection.channel().queue_declare(queue, passive=True).method.message_count
+            total = queue_counts(connection.channel(), queue)
     done, lock, rows, errors = [0], threading.Lock(), [], []  # type: ignore[var-annotated]
     t0 = time.monotonic()
     threads = []
@@ -108,12 +113,8 @@ def run_consumers(broker: Broker, queue: str, consumers: int, prefetch: int, tot
     if publish is not None:
         with broker.connect() as connection:
             channel = connection.channel()
-            deadline = time.monotonic() + 10
-            while channel.queue_declare(queue, passive=True).method.consumer_count < consumers:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the consumers did not attach within 10 s")
-                time.sleep(0.01)
-        fill_jobs(broker, queue, publish, purge=False)
+            wait_for_consumers(channel, queue, consumers)
+            publish_bodies(channel, queue, timed_jobs(publish))
     for t in threads:
         t.join(timeout + 10)
     if errors:
@@ -131,7 +132,7 @@ def shares(timeline: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def plot_timeline(timeline: pd.DataFrame, title: str = "", ax: plt.Axes | None = None) -> plt.Axes:
+def plot_timeline(timeline: pd.DataFrame, title: str = "", caption: str = "", ax: plt.Axes | None = None) -> plt.Axes:
     """One row per consumer, one bar per job (long jobs darker); a line where the last job ends."""
     names = sorted(timeline["consumer"].unique())
     if ax is None:
@@ -144,8 +145,21 @@ def plot_timeline(timeline: pd.DataFrame, title: str = "", ax: plt.Axes | None =
                        facecolors=colours, edgecolor="white", linewidth=0.3)
     makespan = timeline["end"].max()
     ax.axvline(makespan, color="crimson", linestyle="--", linewidth=1)
-    ax.annotate(f" all done: {makespan:.2f} s", (makespan, len(names) - 0.5), color="crimson", fontsize=8)
+    ax.annotate(f" all done: {makespan:.2f} s", (makespan, len(names) - 0.5), color="crimson", fontsize=8,
+                annotation_clip=False)
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("time since the first consumer started (s)")
     ax.set_title(title, fontsize=10)
+    add_caption(ax, caption)
     return ax
+
+
+def plot_timelines(timelines: dict[int, pd.DataFrame], caption: str = "") -> plt.Figure:
+    """:func:`plot_timeline` of each run of :func:`run_consumers`, keyed by its prefetch, stacked on one time axis."""
+    fig, axes = plt.subplots(len(timelines), 1, figsize=(8, 0.6 + 1.7 * len(timelines)), sharex=True, squeeze=False)
+    for ax, (prefetch, timeline) in zip(axes[:, 0], timelines.items()):
+        plot_timeline(timeline, title=f"prefetch {prefetch or 'unlimited (0)'}", ax=ax)
+        ax.label_outer()  # one time axis label, under the last panel
+    fig.tight_layout()
+    add_caption(fig, caption)
+    return fig

@@ -10,6 +10,9 @@ Example::
 
     run_fleet(broker, "fleet", jobs=io_jobs(200, 0.02), processes=2, threads=4)
     # {'processes': 2, 'threads': 4, 'prefetch': 4, 'jobs': 200, 'seconds': 0.6, 'jobs_per_s': 330.0, ...}
+    runs = sweep(lambda kind, model, level: run_fleet(broker, "fleet", io_jobs(100, 0.02), **{model: level}),
+                 {"kind": ["I/O-bound"], "model": ["processes", "threads"], "level": [1, 2, 4]})
+    plot_fleet(runs, caption=broker_caption(broker))
 """
 
 from __future__ import annotations
@@ -19,12 +22,20 @@ import math
 import multiprocessing
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pika
 
 from .broker import Broker
 from .concurrency import ThreadPoolConsumer
+from .queues import publish_bodies, reset_queue, wait_for_consumers
+
+if TYPE_CHECKING:  # not at run time: worker processes import this module, and their memory is measured
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+JOB_PROPERTIES = pika.BasicProperties(content_type="application/json",
+                                      delivery_mode=pika.DeliveryMode.Transient)  # a benchmark: no disk writes
 
 
 def io_jobs(n: int, seconds: float) -> list[dict[str, Any]]:
@@ -129,8 +140,7 @@ def run_fleet(broker: Broker, queue: str, jobs: list[dict[str, Any]], processes:
     ready, stop, done = ctx.Semaphore(0), ctx.Event(), ctx.Value("i", 0)
     with broker.connect() as connection:
         channel = connection.channel()
-        channel.queue_declare(queue, durable=True)
-        channel.queue_purge(queue)
+        reset_queue(channel, queue)
         workers = [ctx.Process(target=_worker_main, daemon=True,
                                args=(broker.amqp_url, queue, threads, prefetch, ready, stop, done))
                    for _ in range(processes)]
@@ -140,14 +150,9 @@ def run_fleet(broker: Broker, queue: str, jobs: list[dict[str, Any]], processes:
             for _ in workers:
                 if not ready.acquire(timeout=60):
                     raise RuntimeError("a worker process did not start within 60 s")
-            deadline = time.monotonic() + 10
-            while channel.queue_declare(queue, passive=True).method.consumer_count < processes:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the workers did not subscribe within 10 s")
-                time.sleep(0.01)
+            wait_for_consumers(channel, queue, processes)
             t0 = time.monotonic()
-            for job in jobs:
-                channel.basic_publish("", queue, json.dumps(job), pika.BasicProperties(content_type="application/json"))
+            publish_bodies(channel, queue, jobs, confirm=False, properties=JOB_PROPERTIES)
             deadline = t0 + timeout
             while done.value < len(jobs):
                 if not all(w.is_alive() for w in workers):
@@ -167,3 +172,32 @@ def run_fleet(broker: Broker, queue: str, jobs: list[dict[str, Any]], processes:
             channel.queue_delete(queue)
     return {"processes": processes, "threads": threads, "prefetch": prefetch, "jobs": len(jobs),
             "seconds": seconds, "jobs_per_s": len(jobs) / seconds, "memory_mb": rss, "cores": os.cpu_count()}
+
+
+def plot_fleet(runs: "pd.DataFrame", caption: str = "", cores: int | None = None) -> "plt.Figure":
+    """Jobs/s against processes or threads, one panel per ``kind`` of job, and the memory the first kind's fleet used.
+
+    ``runs`` is a :func:`voicelab.measure.sweep` of :func:`run_fleet` over ``kind``, ``model``
+    (``"processes"`` or ``"threads"``) and ``level``; a dotted line marks the machine's ``cores``.
+    """
+    import matplotlib.pyplot as plt  # here, not at the top: worker processes import this module
+
+    from .measure import add_caption, plot_sweep
+
+    cores = cores or os.cpu_count() or 1
+    kinds = list(dict.fromkeys(runs["kind"]))
+    levels = sorted(runs["level"].unique())
+    xlabel = "processes, or threads in one process"
+    fig, axes = plt.subplots(1, len(kinds) + 1, figsize=(5 * (len(kinds) + 1), 3.8))
+    for ax, kind in zip(axes, kinds):
+        plot_sweep(runs[runs["kind"] == kind], "level", "jobs_per_s", by="model", xlabel=xlabel, ylabel="jobs/s",
+                   title=kind, ax=ax)
+        ax.axvline(cores, color="0.5", linestyle=":")
+        ax.annotate(f" {cores} cores", (cores, ax.get_ylim()[0]), color="0.4")
+    plot_sweep(runs[runs["kind"] == kinds[0]], "level", "memory_mb", by="model", xlabel=xlabel,
+               ylabel="memory of the workers (MB, RSS)", title=f"What the {kinds[0].split(' (')[0]} fleet costs",
+               ax=axes[-1])
+    for ax in axes:
+        ax.set_xticks(levels)
+    add_caption(fig, caption)
+    return fig

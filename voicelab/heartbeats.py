@@ -21,7 +21,7 @@ import pika.exceptions
 
 from .broker import Broker
 from .concurrency import ThreadPoolConsumer
-from .queues import refill, wait_stable
+from .queues import drain, refill, wait_for_consumers, wait_stable
 
 Style = Literal["blocking callback", "thread-pool consumer"]
 
@@ -64,12 +64,10 @@ def long_job(broker: Broker, queue: str, job_seconds: float, heartbeat: int,
     seconds = time.monotonic() - t0
     with broker.connect() as connection:
         channel = connection.channel()
-        deadline = time.monotonic() + 3 * heartbeat + 5
-        while channel.queue_declare(queue, passive=True).method.consumer_count and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for_consumers(channel, queue, 0, timeout=3 * heartbeat + 5)  # until the broker gives up on it
         wait_stable(channel, queue)
-        method, _, _ = channel.basic_get(queue, auto_ack=True)
+        back = drain(channel, queue)
         channel.queue_delete(queue)
     return {"style": style, "job_s": job_seconds, "heartbeat_s": heartbeat, "acked": acked,
-            "error": error or "none", "back in queue": method is not None,
-            "redelivered": bool(method and method.redelivered), "seconds": round(seconds, 1)}
+            "error": error or "none", "back in queue": bool(back),
+            "redelivered": bool(back and back[0].method.redelivered), "seconds": round(seconds, 1)}

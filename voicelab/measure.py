@@ -67,6 +67,32 @@ def broker_caption(broker: Any) -> str:
     return f"RabbitMQ {broker.version} ({where}) on {machine()}"
 
 
+CAPTION_GID = "voicelab-caption"
+
+
+def add_caption(target: plt.Figure | plt.Axes, caption: str, margin: float = 0.75) -> plt.Figure:
+    """Write ``caption`` (broker and machine, see :func:`broker_caption`) small at the figure's bottom left.
+
+    ``target`` is a figure or one of its axes. The bottom margin grows to
+    ``margin`` inches so that the x labels and the caption do not overlap; a
+    second call replaces the caption instead of drawing over it, an empty
+    ``caption`` changes nothing. Returns the figure.
+
+    >>> fig = add_caption(plt.figure(figsize=(6, 3)), "RabbitMQ 3.10.8 on 2 cores")
+    >>> [t.get_text() for t in fig.texts], round(fig.subplotpars.bottom, 2)
+    (['RabbitMQ 3.10.8 on 2 cores'], 0.25)
+    >>> plt.close(fig)
+    """
+    fig = target if isinstance(target, plt.Figure) else target.figure
+    if not caption:  # nothing to say: leave the figure (and a caption it may have) as it is
+        return fig
+    for old in [t for t in fig.texts if t.get_gid() == CAPTION_GID]:
+        old.remove()
+    fig.text(0.01, 0.005, caption, fontsize=7, color="0.35", ha="left", va="bottom", gid=CAPTION_GID)
+    fig.subplots_adjust(bottom=float(max(fig.subplotpars.bottom, min(0.5, margin / fig.get_figheight()))))
+    return fig
+
+
 def progress(items: Iterable[T], desc: str = "", total: int | None = None) -> Iterable[T]:
     """A tqdm progress bar that works in notebooks and terminals; shown only for loops longer than 2 s."""
     return tqdm(items, desc=desc, total=total, leave=False, delay=2)
@@ -118,9 +144,7 @@ def plot_distributions(df: pd.DataFrame, value: str = "ms", by: str = "label", *
     n_rep = df["repeat"].nunique() if "repeat" in df else 1
     ax.set_title(title + (f"\n{len(df)} measurements, {n_rep} repeat(s); points coloured by repeat" if title else ""),
                  fontsize=10)
-    if caption:
-        ax.figure.text(0.01, 0.005, caption, fontsize=7, color="0.35", ha="left", va="bottom")
-        ax.figure.subplots_adjust(bottom=0.18)
+    add_caption(ax, caption)
     ax.grid(axis="y", alpha=0.3, which="both")
     return ax
 
@@ -172,8 +196,6 @@ def plot_sweep(df: pd.DataFrame, x: str, y: str = "value", *, by: str | None = N
     ax.set_title(f"{title}\nlines: medians of {n_rep} repeats (points)" if title else "", fontsize=10)
     if by is not None:
         ax.legend(fontsize=8)
-    if caption:
-        ax.figure.text(0.01, 0.005, caption, fontsize=7, color="0.35", ha="left", va="bottom")
-        ax.figure.subplots_adjust(bottom=0.2)
+    add_caption(ax, caption)
     ax.grid(alpha=0.3, which="both")
     return ax

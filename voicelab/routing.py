@@ -22,6 +22,8 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
+from .queues import confirm_mode, drain
+
 KINDS = ("direct", "fanout", "topic", "headers")
 LANGUAGES = ("en", "de", "fr")
 PRIORITIES = ("high", "low")
@@ -57,10 +59,11 @@ def publish_keys(channel: BlockingChannel, exchange: str, keys: list[str]) -> li
     that no binding matches comes back and is reported, instead of vanishing.
     """
     unroutable: list[str] = []
-    channel.confirm_delivery()
+    persistent = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
+    confirm_mode(channel)
     for key in keys:
         try:
-            channel.basic_publish(exchange, key, key.encode(), pika.BasicProperties(delivery_mode=2), mandatory=True)
+            channel.basic_publish(exchange, key, key.encode(), persistent, mandatory=True)
         except pika.exceptions.UnroutableError:
             unroutable.append(key)
     return unroutable
@@ -68,16 +71,7 @@ def publish_keys(channel: BlockingChannel, exchange: str, keys: list[str]) -> li
 
 def landed(channel: BlockingChannel, queues: list[str]) -> dict[str, list[str]]:
     """Drain ``queues`` and return, per queue, the sorted routing keys of what was in it."""
-    out: dict[str, list[str]] = {}
-    for queue in queues:
-        keys = []
-        while True:
-            method, _, body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                break
-            keys.append(method.routing_key)
-        out[queue] = sorted(keys)
-    return out
+    return {queue: sorted(m.method.routing_key for m in drain(channel, queue)) for queue in queues}
 
 
 def delete_routing(channel: BlockingChannel, exchange: str, queues: list[str]) -> None:

@@ -6,58 +6,55 @@ Example::
 
     fill_queue(broker, "bench", 1000)
     consume_push(broker, "bench", 1000, prefetch=50)   # -> e.g. 12000.0 messages/s
+    runs = sweep(lambda size: {"messages_per_s": (r := publish_rate(broker, "bench", 500, size)),
+                               "MB_per_s": r * size / 1e6}, {"size": [100, 10_000]})
+    plot_publish_sizes(runs, caption=broker_caption(broker))
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 
+import matplotlib.pyplot as plt
+import pandas as pd
 import pika
 
 from .broker import Broker
+from .measure import add_caption, plot_sweep
+from .queues import publish_bodies, refill, reset_queue
 
 
-def _declare(channel, queue: str) -> None:  # type: ignore[no-untyped-def]
-    channel.queue_declare(queue, durable=True)
+def fill_queue(broker: Broker, queue: str, n: int, size: int = 100) -> None:
+    """Empty ``queue`` (a purge: it stays declared durable) and put ``n`` transient messages of ``size`` bytes in it.
 
-
-def fill_queue(broker: Broker, queue: str, n: int, size: int = 100, purge: bool = True) -> None:
-    """Declare ``queue`` durable, empty it (unless ``purge=False``), and put ``n`` messages of ``size`` bytes in it.
-
-    Publishes are not confirmed one by one (that would take longer than the runs it prepares); a round trip
-    on the same channel afterwards guarantees the broker has enqueued them all before this returns.
+    Publishes are not confirmed one by one (that would take longer than the
+    runs it prepares): :func:`voicelab.queues.refill` publishes them in bulk
+    and syncs with one round trip, so the broker has them all when this returns.
     """
     if n < 0 or size < 0:
         raise ValueError(f"n and size must be >= 0, got n={n}, size={size}")
-    body = b"x" * size
     with broker.connect() as connection:
-        channel = connection.channel()
-        _declare(channel, queue)
-        if purge:
-            channel.queue_purge(queue)
-        for _ in range(n):
-            channel.basic_publish("", queue, body)
-        channel.queue_declare(queue, durable=True, passive=True)  # in order after the publishes: all enqueued
+        refill(connection.channel(), queue, itertools.repeat(b"x" * size, n), purge=True, confirm=False,
+               properties=pika.BasicProperties(delivery_mode=pika.DeliveryMode.Transient))
 
 
 def publish_rate(broker: Broker, queue: str, n: int, size: int, confirm: bool = False,
                  persistent: bool = False) -> float:
-    """Publish ``n`` messages of ``size`` bytes to ``queue``; messages per second (the queue is purged after)."""
+    """Publish ``n`` messages of ``size`` bytes to ``queue``; messages per second (the queue is purged after).
+
+    ``confirm=True`` waits for the broker's confirm of each publish; without,
+    the clock stops after one round trip that the broker answers once it has them all.
+    """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    body = b"x" * size
-    props = pika.BasicProperties(delivery_mode=2 if persistent else 1)
+    mode = pika.DeliveryMode.Persistent if persistent else pika.DeliveryMode.Transient
     with broker.connect() as connection:
         channel = connection.channel()
-        _declare(channel, queue)
-        channel.queue_purge(queue)
-        if confirm:
-            channel.confirm_delivery()
+        reset_queue(channel, queue, purge=True)
         t0 = time.perf_counter()
-        for _ in range(n):
-            channel.basic_publish("", queue, body, props)
-        if not confirm:  # a round trip so the clock stops when the broker has the messages
-            channel.queue_declare(queue, durable=True, passive=True)
+        publish_bodies(channel, queue, itertools.repeat(b"x" * size, n), confirm=confirm,
+                       properties=pika.BasicProperties(delivery_mode=mode))
         seconds = time.perf_counter() - t0
         channel.queue_purge(queue)
     return n / seconds
@@ -103,3 +100,17 @@ def consume_push(broker: Broker, queue: str, n: int, prefetch: int = 1, ack_ever
         seconds = time.perf_counter() - t0
         channel.cancel()
     return n / seconds
+
+
+def plot_publish_sizes(runs: pd.DataFrame, caption: str = "") -> plt.Figure:
+    """Two panels against message size: messages/s and MB/s, from a sweep of :func:`publish_rate` over ``size``.
+
+    ``runs`` has columns ``size``, ``messages_per_s``, ``MB_per_s`` and ``repeat``.
+    """
+    fig, (rate, volume) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, column, unit, title in [(rate, "messages_per_s", "messages/s", "Publish rate"),
+                                    (volume, "MB_per_s", "MB/s", "Bytes moved")]:
+        plot_sweep(runs, "size", column, logx=True, logy=True, xlabel="message size (bytes)", ylabel=unit,
+                   title=title, ax=ax)
+    add_caption(fig, caption)
+    return fig

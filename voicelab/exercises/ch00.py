@@ -8,7 +8,6 @@ to ``queue`` through the default exchange as JSON, with content type
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import asdict
 from typing import Any, Callable
 
@@ -16,7 +15,7 @@ import pika
 
 from ..broker import shared_broker
 from ..jobs import VoiceJob
-from . import Exercise, Wrong
+from .core import Exercise, Wrong, scratch_queue
 
 
 def enqueue_job(channel: Any, queue: str, job: VoiceJob) -> None:
@@ -27,25 +26,19 @@ def enqueue_job(channel: Any, queue: str, job: VoiceJob) -> None:
         body=json.dumps({"job_id": job.job_id, "blob_key": job.blob_key, "user_id": job.user_id}),
         properties=pika.BasicProperties(
             content_type="application/json",
-            delivery_mode=2,              # persistent: written to disk in a durable queue
+            delivery_mode=pika.DeliveryMode.Persistent,  # written to disk in a durable queue
         ),
     )
 
 
 def _check_enqueue(fn: Callable[..., Any]) -> str:
-    broker = shared_broker()
-    queue = f"check.enqueue.{uuid.uuid4().hex[:8]}"
     job = VoiceJob.new(blob_key="audio/check.wav", user_id=42)
-    with broker.connect() as connection:
+    with scratch_queue("enqueue") as queue, shared_broker().connect() as connection:
         channel = connection.channel()
-        channel.queue_declare(queue, durable=True)
-        try:
-            fn(channel, queue, job)
-            if not channel.is_open:
-                raise Wrong("your function closed the channel (or the broker closed it after an error)")
-            got = [channel.basic_get(queue, auto_ack=True) for _ in range(2)]
-        finally:
-            connection.channel().queue_delete(queue)
+        fn(channel, queue, job)
+        if not channel.is_open:
+            raise Wrong("your function closed the channel (or the broker closed it after an error)")
+        got = [channel.basic_get(queue, auto_ack=True) for _ in range(2)]
     method, props, body = got[0]
     if method is None:
         raise Wrong(f"no message reached queue {queue!r}. Publish with exchange='' and routing_key=queue.")
@@ -68,7 +61,13 @@ def _check_enqueue(fn: Callable[..., Any]) -> str:
 q1 = Exercise(
     "ch00.q1", "enqueue a voice job",
     _check_enqueue,
-    hint="""channel.basic_publish(exchange="", routing_key=queue, body=<JSON text of the job's three fields>,
-    properties=pika.BasicProperties(content_type=..., delivery_mode=...))""",
+    hints=[
+        """Publish through the default exchange, whose name is the empty string: it routes a message to
+        the queue named by the routing key. The body is text (JSON of the job's job_id, blob_key and
+        user_id), and the message's properties say two things: it is JSON, and it must survive a restart.""",
+        """channel.basic_publish(exchange="", routing_key=queue, body=json.dumps(dataclasses.asdict(job)),
+        properties=pika.BasicProperties(content_type="application/json",
+        delivery_mode=pika.DeliveryMode.Persistent))""",
+    ],
     solution=enqueue_job,
 )

@@ -11,12 +11,11 @@ q1: write ``setup_routing(channel, exchange)`` that declares a *topic* exchange
 
 from __future__ import annotations
 
-import uuid
 from typing import Any, Callable
 
 from ..broker import shared_broker
 from ..routing import delete_routing, job_keys, landed, publish_keys
-from . import Exercise, Wrong
+from .core import Exercise, Wrong, scratch_name
 
 
 def setup_routing(channel: Any, exchange: str) -> None:
@@ -37,7 +36,7 @@ def expected(exchange: str, keys: list[str]) -> dict[str, list[str]]:
 
 
 def _check_routing(fn: Callable[..., Any]) -> str:
-    exchange = f"check.routing.{uuid.uuid4().hex[:6]}"
+    exchange = scratch_name("routing")  # its queues are <exchange>.english, ...: all deleted below
     keys = job_keys(("en", "de", "fr", "es", "pt-br"), ("high", "low"))  # languages you were not told about too
     want = expected(exchange, keys)
     with shared_broker().connect() as connection:
@@ -75,8 +74,13 @@ def _check_routing(fn: Callable[..., Any]) -> str:
 q1 = Exercise(
     "ch01.q1", "route voice jobs with a topic exchange",
     _check_routing,
-    hint="""exchange_declare(exchange, exchange_type="topic", durable=True); then for each queue:
-    queue_declare(name, durable=True) and queue_bind(name, exchange, routing_key=PATTERN).
-    In a pattern, * matches exactly one word and # matches zero or more words.""",
+    hints=[
+        """A topic exchange compares each job's key <language>.<priority> with each queue's binding
+        pattern, word by word: * matches exactly one word, # matches zero or more. Each queue needs one
+        pattern, and it must also match languages you have not seen yet.""",
+        """exchange_declare(exchange, exchange_type="topic", durable=True); then for each queue:
+        queue_declare(name, durable=True) and queue_bind(name, exchange, routing_key=PATTERN),
+        with the patterns "en.*" (english), "*.high" (urgent) and "#" (all).""",
+    ],
     solution=setup_routing,
 )

@@ -12,14 +12,13 @@ callback of a consumer with manual acks:
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any, Callable
 
 import pika
 
 from ..broker import shared_broker
-from ..queues import declare_job_queue, dlq_name, wait_stable
-from . import Exercise, Wrong
+from ..queues import dlq_name, wait_stable
+from .core import Exercise, Wrong, scratch_queue
 
 
 def on_message(channel: Any, method: Any, properties: Any, body: bytes, process: Callable[[Any], Any]) -> None:
@@ -42,7 +41,6 @@ class _Poison(Exception):
 
 
 def _check_callback(fn: Callable[..., Any]) -> str:
-    queue = f"check.acks.{uuid.uuid4().hex[:6]}"
     good = [{"job_id": f"good-{i}"} for i in range(4)]
     messages = [json.dumps(j).encode() for j in good[:2]] + [b"{oops", json.dumps({"job_id": "poison"}).encode(),
                                                            b"\xff\xfe", *[json.dumps(j).encode() for j in good[2:]]]
@@ -54,38 +52,33 @@ def _check_callback(fn: Callable[..., Any]) -> str:
         if job["job_id"] == "poison":
             raise _Poison("this job always fails")
 
-    with shared_broker().connect() as connection:
+    with scratch_queue("acks", dead_letters=True) as queue, shared_broker().connect() as connection:
         admin = connection.channel()
-        try:
-            declare_job_queue(admin, queue)
-            admin.confirm_delivery()
-            for body in messages:
-                admin.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2))
-            channel = connection.channel()
-            channel.basic_qos(prefetch_count=10)
+        admin.confirm_delivery()
+        for body in messages:
+            admin.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent))
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=10)
 
-            def callback(ch: Any, method: Any, properties: Any, body: bytes) -> None:
-                calls[0] += 1
-                fn(ch, method, properties, body, process)
+        def callback(ch: Any, method: Any, properties: Any, body: bytes) -> None:
+            calls[0] += 1
+            fn(ch, method, properties, body, process)
 
-            channel.basic_consume(queue, callback)
-            for _ in range(40):
-                connection.process_data_events(time_limit=0.05)
-                if calls[0] > 3 * len(messages):
-                    break
-            redelivery_loop = calls[0] > len(messages)
-            if channel.is_open:
-                channel.close()  # unacked messages go back to the queue now
-            left = wait_stable(admin, queue, dlq_name(queue))[queue]
-            dead = []
-            while True:
-                m, _, body = admin.basic_get(dlq_name(queue), auto_ack=True)
-                if m is None:
-                    break
-                dead.append(body)
-        finally:
-            admin.queue_delete(queue)
-            admin.queue_delete(dlq_name(queue))
+        channel.basic_consume(queue, callback)
+        for _ in range(40):
+            connection.process_data_events(time_limit=0.05)
+            if calls[0] > 3 * len(messages):
+                break
+        redelivery_loop = calls[0] > len(messages)
+        if channel.is_open:
+            channel.close()  # unacked messages go back to the queue now
+        left = wait_stable(admin, queue, dlq_name(queue))[queue]
+        dead = []
+        while True:
+            m, _, body = admin.basic_get(dlq_name(queue), auto_ack=True)
+            if m is None:
+                break
+            dead.append(body)
     if redelivery_loop:
         raise Wrong(f"your callback ran {calls[0]} times for {len(messages)} messages: something was requeued and "
                     "came back. Reject malformed or failing messages with requeue=False.")
@@ -104,8 +97,14 @@ def _check_callback(fn: Callable[..., Any]) -> str:
 q1 = Exercise(
     "ch02.q1", "ack after success, dead-letter the rest",
     _check_callback,
-    hint="""json.loads(body) raises json.JSONDecodeError (or UnicodeDecodeError) on a malformed body:
-    catch it and call channel.basic_reject(method.delivery_tag, requeue=False). Call process(job) in a
-    try block; ack with channel.basic_ack(method.delivery_tag) only after it returned.""",
+    hints=[
+        """Three outcomes: a body that is not JSON, a job whose process() raises, a job that succeeded.
+        Only the last is acked, and only once process() has returned. The other two can never succeed:
+        requeued, they would come straight back forever; rejected without requeue, the broker moves
+        them to the queue's dead-letter queue.""",
+        """json.loads(body) raises json.JSONDecodeError (or UnicodeDecodeError) on a malformed body:
+        catch it and call channel.basic_reject(method.delivery_tag, requeue=False). Call process(job) in a
+        try block; ack with channel.basic_ack(method.delivery_tag) only after it returned.""",
+    ],
     solution=on_message,
 )

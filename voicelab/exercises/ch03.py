@@ -10,12 +10,11 @@ of its fair share). At most 8 consumers.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any, Callable
 
 from ..broker import shared_broker
 from ..fairness import fill_jobs, run_consumers, shares
-from . import Exercise, Wrong
+from .core import Exercise, Wrong, scratch_queue
 
 JOB_SECONDS = 0.02
 TARGET_PER_S = 100.0
@@ -40,13 +39,9 @@ def _check_plan(fn: Callable[..., Any]) -> str:
     if not isinstance(prefetch, int) or prefetch < 0:
         raise Wrong(f"prefetch must be an int >= 0 (0 = unlimited), got {prefetch!r}")
     broker = shared_broker()
-    queue = f"check.prefetch.{uuid.uuid4().hex[:6]}"
-    try:
+    with scratch_queue("prefetch", broker=broker) as queue:
         fill_jobs(broker, queue, [JOB_SECONDS] * JOBS)
         timeline = run_consumers(broker, queue, consumers, prefetch, total=JOBS, stagger=0.1, timeout=60)
-    finally:
-        with broker.connect() as connection:
-            connection.channel().queue_delete(queue)
     rate = JOBS / timeline["end"].max()
     s = shares(timeline).reindex([f"consumer {i + 1}" for i in range(consumers)], fill_value=0)
     fair = 1 / consumers
@@ -64,8 +59,13 @@ def _check_plan(fn: Callable[..., Any]) -> str:
 q1 = Exercise(
     "ch03.q1", "size consumers and prefetch for a target",
     _check_plan,
-    hint="""One consumer does at most 1/job_seconds jobs per second, so you need more than
-    target_per_s * job_seconds consumers (keep some headroom). A prefetch of 0 (unlimited) or a large one
-    lets the first consumer to start hoard the queue; 1 or 2 shares it.""",
+    hints=[
+        """Two questions. Speed: how many jobs per second can one consumer do, if each job takes
+        job_seconds? Fairness: the first consumer starts 0.1 s before the next, on a full queue, and the
+        broker sends it up to prefetch unacked jobs at once; what does it grab at prefetch 0 (unlimited)?""",
+        """One consumer does at most 1/job_seconds jobs per second, so you need more than
+        target_per_s * job_seconds consumers (keep some headroom). A prefetch of 0 (unlimited) or a large one
+        lets the first consumer to start hoard the queue; 1 or 2 shares it.""",
+    ],
     solution=plan,
 )

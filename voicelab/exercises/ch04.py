@@ -10,13 +10,12 @@ jobs per second. At most ``cores`` * 2 processes and 32 threads per process.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any, Callable
 
 from ..broker import shared_broker
 from ..fleet import FleetTimeout, io_jobs, run_fleet
 from ..measure import sized
-from . import Exercise, Wrong
+from .core import Exercise, Wrong, scratch_queue
 
 JOB_SECONDS = 0.05
 TARGET_PER_S = 120.0
@@ -45,12 +44,12 @@ def _check_fleet(fn: Callable[..., Any]) -> str:
     if not isinstance(f, int) or f < 1:
         raise Wrong(f"prefetch must be an int >= 1, got {f!r}")
     n = sized(240, minimum=120)
-    queue = f"check.fleet.{uuid.uuid4().hex[:6]}"
-    try:  # a fleet that cannot reach the target is stopped at twice the time the target allows
-        rate = run_fleet(shared_broker(), queue, io_jobs(n, JOB_SECONDS), p, t, f,
-                         timeout=2 * n / TARGET_PER_S)["jobs_per_s"]
-    except FleetTimeout as e:
-        rate = e.done / e.seconds
+    with scratch_queue("fleet") as queue:
+        try:  # a fleet that cannot reach the target is stopped at twice the time the target allows
+            rate = run_fleet(shared_broker(), queue, io_jobs(n, JOB_SECONDS), p, t, f,
+                             timeout=2 * n / TARGET_PER_S)["jobs_per_s"]
+        except FleetTimeout as e:
+            rate = e.done / e.seconds
     if rate < TARGET_PER_S:
         at_once = p * min(max(t, 1), f)
         raise Wrong(f"{p} process(es) x {t} thread(s) at prefetch {f} did {rate:.0f} jobs/s, target "
@@ -61,7 +60,12 @@ def _check_fleet(fn: Callable[..., Any]) -> str:
 q1 = Exercise(
     "ch04.q1", "size a worker fleet",
     _check_fleet,
-    hint="""Throughput = jobs running at once / job_seconds. Jobs that wait (I/O) do not need a core each:
-    threads are enough. Each process runs at most min(threads, prefetch) jobs at once.""",
+    hints=[
+        """Little's law: throughput = jobs running at once / job_seconds. How many jobs must run at the
+        same time to reach target_per_s? These jobs wait (I/O): they do not need a core each.""",
+        """Threads are enough for jobs that wait: one process with T threads, T above
+        target_per_s * job_seconds (keep some headroom). Each process runs at most min(threads, prefetch)
+        jobs at once, so set prefetch >= threads.""",
+    ],
     solution=size_fleet,
 )

@@ -1,0 +1,57 @@
+"""The durability experiments on real brokers (the matrix and the kill demo on brokers of their own)."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import images, start_backend
+from voicelab import durability
+
+
+def test_mandatory_returns_what_is_otherwise_confirmed_and_dropped(any_broker) -> None:
+    out = durability.mandatory_demo(any_broker)
+    assert out["mandatory=False"].startswith("confirmed") and out["mandatory=True"].startswith("returned: 312")
+
+
+def test_quorum_queue_has_no_transient_flavour(any_broker) -> None:
+    out = durability.declare_outcome(any_broker, "test.dur.q", durable=False, arguments={"x-queue-type": "quorum"})
+    assert out.startswith("refused: 406")
+
+
+def test_delivery_count_header_by_version(any_broker) -> None:
+    counts = durability.delivery_counts(any_broker, requeues=2, queue="test.dur.counts")
+    assert [int(c) for c in counts[1:]] == [1, 2]
+    assert counts[0] == (0 if any_broker.version_info < (4, 0) else None)
+
+
+@pytest.mark.parametrize("strategy", durability.STRATEGIES)
+def test_publish_cost_is_a_positive_rate(any_broker, strategy) -> None:
+    assert durability.publish_cost(any_broker, strategy, 200, queue="test.dur.cost") > 0
+
+
+def test_publish_cost_rejects_unknown_strategy(any_broker) -> None:
+    with pytest.raises(ValueError, match="strategy"):
+        durability.publish_cost(any_broker, "fast", 10)
+
+
+@pytest.mark.parametrize("image", images())
+def test_matrix_durable_persistent_survives_restart_and_kill(image) -> None:
+    broker = start_backend("container", image)
+    try:
+        m = durability.survival_matrix(broker, 50, prefix="test.matrix").set_index(["event", "queue", "message"])
+        for event in durability.EVENTS:
+            assert m.loc[(event, "classic durable", "persistent"), "survived"] == 50
+            assert m.loc[(event, "classic durable", "transient"), "survived"] == 0
+        assert m.loc[("restart", "quorum", "transient"), "survived"] == 50
+    finally:
+        broker.stop()
+
+
+@pytest.mark.parametrize("image", images())
+def test_kill_with_confirms_loses_nothing_confirmed(image) -> None:
+    broker = start_backend("container", image)
+    try:
+        out = durability.publish_through_kill(broker, 8000, confirms=True)
+        assert out["lost"] == 0 and out["present"] == 8000
+    finally:
+        broker.stop()

@@ -1,0 +1,110 @@
+"""The reliable publisher on real brokers: confirms, returns, the deadline, and a kill in the middle of a run."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pika
+import pytest
+
+from helpers import images, start_backend
+from voicelab.publishing import BrokerGone, PublishFailed, ReliablePublisher, publish_confirmed
+
+
+def _queue(channel) -> str:
+    name = f"test.pub.{uuid.uuid4().hex[:8]}"
+    channel.queue_declare(name, durable=True)
+    return name
+
+
+def _bodies_in(channel, queue: str) -> list[bytes]:
+    out = []
+    while True:
+        method, _, body = channel.basic_get(queue, auto_ack=True)
+        if method is None:
+            return out
+        out.append(body)
+
+
+def test_every_body_confirmed_and_in_the_queue(any_broker, channel) -> None:
+    queue = _queue(channel)
+    bodies = [str(i).encode() for i in range(2000)]
+    report = ReliablePublisher(any_broker.parameters(), window=50).publish(queue, bodies)
+    assert sorted(report.confirmed) == list(range(2000)) and report.unconfirmed == []
+    assert sorted(_bodies_in(channel, queue), key=int) == bodies
+    channel.queue_delete(queue)
+
+
+def test_batch_mode_never_has_more_than_a_window_outstanding(any_broker, channel) -> None:
+    queue = _queue(channel)
+    pub = ReliablePublisher(any_broker.parameters(), window=10, batch=True)
+    seen = []
+    original = pub._pump
+
+    def spy() -> None:
+        original()
+        seen.append(len(pub._outstanding))
+
+    pub._pump = spy  # type: ignore[method-assign]
+    report = pub.publish(queue, [b"x"] * 95)
+    assert len(report.confirmed) == 95 and max(seen) <= 10
+    channel.queue_delete(queue)
+
+
+def test_returned_messages_are_republished_then_reported(any_broker) -> None:
+    pub = ReliablePublisher(any_broker.parameters(), max_returns=3, retry_delay=0.05)
+    with pytest.raises(PublishFailed, match="returned 3 times") as info:
+        pub.publish("no.such.queue", [b"x"])
+    assert info.value.report.attempts == [3] and info.value.report.returned == 3
+
+
+def test_publish_confirmed_raises_on_unroutable_with_mandatory(channel) -> None:
+    with pytest.raises(pika.exceptions.UnroutableError):
+        publish_confirmed(channel, "no.such.queue", b"x", mandatory=True)
+
+
+@pytest.mark.parametrize("kwargs, word", [({"window": 0}, "window"), ({"deadline": -1}, "deadline"),
+                                           ({"window": 2.5}, "window"), ({"max_returns": 0}, "max_returns")])
+def test_bad_arguments_name_themselves(kwargs, word) -> None:
+    with pytest.raises(ValueError, match=word):
+        ReliablePublisher("amqp://guest:guest@127.0.0.1:1/%2F", **kwargs)
+
+
+@pytest.mark.parametrize("image", images())
+def test_killed_mid_run_every_confirmed_message_is_there(image) -> None:
+    """On each RabbitMQ version: kill -9 during the run; all bodies confirmed, all there, resends counted."""
+    broker = start_backend("container", image)
+    try:
+        with broker.connect() as connection:
+            queue = _queue(connection.channel())
+        n = 20000
+        pub = ReliablePublisher(broker.parameters(), window=100, deadline=60)
+
+        def killer() -> None:
+            while len(getattr(pub, "report", None).confirmed if hasattr(pub, "report") else []) < n // 4:
+                time.sleep(0.001)
+            broker.kill()
+            time.sleep(0.5)
+            broker.start()
+
+        thread = threading.Thread(target=killer, daemon=True)
+        thread.start()
+        report = pub.publish(queue, [str(i).encode() for i in range(n)])
+        thread.join(60)
+        assert report.reconnects >= 1, "the broker was killed: the publisher must have reconnected"
+        with broker.connect() as connection:
+            got = _bodies_in(connection.channel(), queue)
+        assert {int(b) for b in got} >= set(report.confirmed) and len(report.confirmed) == n
+        assert len(got) - len(set(got)) <= report.republished, "duplicates come only from resent messages"
+    finally:
+        broker.stop()
+
+
+def test_broker_gone_past_the_deadline_raises(any_broker) -> None:
+    params = pika.ConnectionParameters(host="127.0.0.1", port=1, connection_attempts=1)  # nothing listens there
+    t0 = time.monotonic()
+    with pytest.raises(BrokerGone, match="deadline=1 s") as info:
+        ReliablePublisher(params, deadline=1, retry_delay=0.1).publish("q", [b"x", b"y"])
+    assert 1 <= time.monotonic() - t0 < 10 and info.value.report.unconfirmed == [0, 1]

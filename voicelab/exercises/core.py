@@ -1,0 +1,183 @@
+"""The machinery behind every exercise: :class:`Exercise`, :class:`Wrong`, :class:`CheckResult`, scratch queues.
+
+A chapter's module (``ch00.py``, ...) holds only its problems: a reference
+solution, a checker that raises :class:`Wrong` when the learner's function
+has the wrong effect on the broker, a list of hints (a nudge first, then the
+key call) and one ``qN = Exercise(...)`` line.
+
+>>> def add_one(x):
+...     raise NotImplementedError
+>>> def _check(fn):
+...     if fn(1) != 2:
+...         raise Wrong(f"add_one(1) should be 2, got {fn(1)!r}")
+...     return "add_one(1) == 2."
+>>> q = Exercise("demo.q1", "add one", _check, hints=["Think of +.", "return x + 1"],
+...              solution=lambda x: x + 1)
+>>> q.run(add_one).attempted
+False
+>>> q.check(lambda x: x + 1)
+✓ demo.q1 (add one): correct. add_one(1) == 2.
+>>> print(q.run(lambda x: x).message)
+✗ demo.q1 (add one): add_one(1) should be 2, got 1
+  Hint: Think of +.
+  More hints: demo.q1.hint()
+>>> q.hint()
+Hint 1/2 for demo.q1 (add one):
+  Think of +.
+Run demo.q1.hint() again for the next hint.
+>>> q.hint()
+Hint 2/2 for demo.q1 (add one):
+  return x + 1
+That was the last hint: demo.q1.solution() shows a reference solution.
+"""
+
+from __future__ import annotations
+
+import inspect
+import textwrap
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..broker import shared_broker
+from ..queues import declare_job_queue, dlq_name
+
+if TYPE_CHECKING:
+    from ..broker import Broker
+
+Checker = Callable[[Callable[..., Any]], str]
+"""``checker(fn)`` runs the learner's ``fn``, raises :class:`Wrong` if it is wrong, returns what it verified."""
+
+
+class Wrong(AssertionError):
+    """Raised inside a checker: the learner's function ran but its effect on the broker is wrong."""
+
+
+@dataclass
+class CheckResult:
+    """What a checker found. ``passed`` is False both for a wrong answer and for an unsolved stub.
+
+    >>> r = CheckResult(False, "not solved yet", attempted=False)
+    >>> bool(r), r.attempted, str(r)
+    (False, False, 'not solved yet')
+    """
+
+    passed: bool
+    message: str
+    attempted: bool = True
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class Exercise:
+    """One exercise: a checker, a list of hints (nudge first, key call last) and a reference solution.
+
+    ``run(fn)`` returns a :class:`CheckResult` silently; ``check(fn)`` prints it.
+    ``hint()`` prints the first hint, then the next one at each call; ``hint(n)``
+    prints hint ``n`` (from 1). See the module docstring for a runnable example.
+    """
+
+    def __init__(self, key: str, title: str, checker: Checker, hints: Sequence[str],
+                 solution: Callable[..., Any]) -> None:
+        if isinstance(hints, str) or not hints:
+            raise ValueError(f"{key}: hints must be a non-empty list of strings, got {hints!r}")
+        self.key = key
+        self.name = f"{key} ({title})"
+        self.hints: tuple[str, ...] = tuple(inspect.cleandoc(h) for h in hints)
+        self.reference = solution
+        self._checker = checker
+        self._next_hint = 0  # index of the hint that hint() prints next
+
+    def run(self, fn: Callable[..., Any]) -> CheckResult:
+        """Check ``fn`` on the broker and return the result, printing nothing.
+
+        An unsolved stub (it raises ``NotImplementedError``) and a crash of the
+        learner's code are reported in the result, never raised.
+        """
+        if not callable(fn):
+            return CheckResult(False, f"{self.name}: pass your function itself, e.g. check(enqueue_job), "
+                                      f"not {type(fn).__name__}")
+        try:
+            detail = self._checker(fn)
+        except NotImplementedError:
+            return CheckResult(False, f"{self.name}: not solved yet. Replace `raise NotImplementedError` "
+                                      f"with your code, then run this cell again. Stuck? Run {self.key}.hint()",
+                               attempted=False)
+        except Wrong as e:
+            return CheckResult(False, f"✗ {self.name}: {e}\n{self._first_hint()}")
+        except Exception as e:  # the learner's code crashed: say where, do not crash the notebook
+            return CheckResult(False, f"✗ {self.name}: your function raised {type(e).__name__}: {e}\n"
+                                      f"{self._first_hint()}")
+        return CheckResult(True, f"✓ {self.name}: correct. {detail}")
+
+    def check(self, fn: Callable[..., Any]) -> None:
+        """Check ``fn`` on the broker and print the verdict (this helper reports by design; see :meth:`run`)."""
+        print(self.run(fn).message)
+
+    def hint(self, n: int | None = None) -> None:
+        """Print hint ``n`` (1 = the first), or the next one: each call without ``n`` moves on by one."""
+        count = len(self.hints)
+        if n is None:
+            n = min(self._next_hint, count - 1) + 1
+        if not isinstance(n, int) or not 1 <= n <= count:
+            print(f"{self.name} has {count} hints: {self.key}.hint(1) to {self.key}.hint({count})")
+            return
+        self._next_hint = n  # the index of hint n + 1
+        more = (f"Run {self.key}.hint() again for the next hint." if n < count else
+                f"That was the last hint: {self.key}.solution() shows a reference solution.")
+        print(f"Hint {n}/{count} for {self.name}:\n{textwrap.indent(self.hints[n - 1], '  ')}\n{more}")
+
+    def solution(self) -> None:
+        """Print the reference solution's source."""
+        print(inspect.getsource(self.reference))
+
+    def _first_hint(self) -> str:
+        return textwrap.indent(f"Hint: {self.hints[0]}\nMore hints: {self.key}.hint()", "  ")
+
+    def __repr__(self) -> str:
+        return f"<Exercise {self.name}: .check(fn), .hint(), .solution()>"
+
+
+def scratch_name(topic: str) -> str:
+    """A fresh name ``check.<topic>.<hex>`` for something a checker creates and deletes.
+
+    >>> scratch_name("routing").startswith("check.routing.")
+    True
+    >>> scratch_name("routing") != scratch_name("routing")
+    True
+    """
+    return f"check.{topic}.{uuid.uuid4().hex[:8]}"
+
+
+@contextmanager
+def scratch_queue(topic: str, dead_letters: bool = False, broker: Broker | None = None) -> Iterator[str]:
+    """A durable queue ``check.<topic>.<hex>`` (and its DLQ if ``dead_letters``), deleted on exit.
+
+    Declared with :func:`voicelab.queues.declare_job_queue` on a connection of its
+    own, and deleted on a fresh one, so it goes away even when the learner's
+    code raises or closes the channel it was given. ``broker`` defaults to
+    :func:`voicelab.broker.shared_broker`.
+
+    Example::
+
+        with scratch_queue("enqueue") as queue, shared_broker().connect() as connection:
+            fn(connection.channel(), queue, job)   # the learner's function
+    """
+    broker = broker or shared_broker()
+    queue = scratch_name(topic)
+    try:
+        with broker.connect() as connection:
+            declare_job_queue(connection.channel(), queue, dead_letters=dead_letters)
+        yield queue
+    finally:
+        with broker.connect() as connection:
+            channel = connection.channel()
+            channel.queue_delete(queue)
+            if dead_letters:
+                channel.queue_delete(dlq_name(queue))
