@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-CONDA_NAMES = {"docker": "docker-py"}  # PyPI name -> conda-forge name
+CONDA_NAMES = {"docker": "docker-py", "prometheus-client": "prometheus_client"}  # PyPI name -> conda-forge name
 
 
 def _name(requirement: str) -> str:
@@ -41,10 +41,11 @@ def test_notebooks_are_committed_without_outputs() -> None:
         assert not dirty, f"{path.name}: cells {dirty} have outputs; strip them before committing"
 
 
-def test_doctor_names_the_backend_that_start_broker_would_take() -> None:
+def test_doctor_names_the_backend_that_start_broker_would_take(monkeypatch) -> None:
     from voicelab import broker as vb
 
-    env = {k: v for k, v in os.environ.items() if k not in ("VOICELAB_AMQP_URL",)}
+    monkeypatch.delenv("VOICELAB_AMQP_URL", raising=False)  # the notebooks' session exports one
+    env = dict(os.environ)
     done = subprocess.run([sys.executable, "-m", "voicelab", "doctor"], capture_output=True, text=True, timeout=60,
                           env=env)
     assert done.returncode == 0, done.stderr
