@@ -10,7 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from helpers import require
+from helpers import images, require
 from voicelab import broker as vb
 from voicelab.broker import container, local
 
@@ -32,19 +32,21 @@ def _ports(first: list[int]) -> Iterator[int]:
 
 
 def _make(backend: str) -> vb.Broker:
-    return vb.ContainerBroker() if backend == "container" else vb.LocalBroker()
+    return vb.ContainerBroker(images()[0]) if backend == "container" else vb.LocalBroker()
 
 
-@pytest.mark.parametrize("backend", ["container", "local"])
-def test_a_taken_port_is_retried_with_fresh_ports(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The port chosen for AMQP is taken before the broker binds it: the start retries and works."""
+@pytest.mark.parametrize("backend, which", [("container", 0), ("local", 0), ("local", 3)],
+                         ids=["container-amqp", "local-amqp", "local-erlang-distribution"])
+def test_a_taken_port_is_retried_with_fresh_ports(backend: str, which: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A port chosen for the broker (AMQP; for a local node also Erlang's distribution port, the 4th chosen)
+    is taken before the broker binds it: the start retries with fresh ports and works."""
     require(backend)
     with _listen() as holder:
         taken = holder.getsockname()[1]
-        ports = _ports([taken])
+        ports = _ports([vb.free_port() for _ in range(which)] + [taken])
         monkeypatch.setattr(MODULES[backend], "free_port", lambda: next(ports))
         with _make(backend).start() as broker:
-            assert broker.port != taken
+            assert taken not in (broker.port, broker.management_port, broker.prometheus_port)
             with broker.connect():
                 pass
             url = broker.amqp_url
@@ -59,7 +61,7 @@ def test_ports_taken_every_time_give_a_clear_error(monkeypatch: pytest.MonkeyPat
         taken = holder.getsockname()[1]
         monkeypatch.setattr(container, "free_port", lambda: taken)
         with pytest.raises(vb.BrokerUnavailable) as e:
-            vb.ContainerBroker().start()
+            vb.ContainerBroker(images()[0]).start()
     text = str(e.value)
     assert f"port {taken}" in text and f"{vb.PORT_ATTEMPTS} sets of ports" in text, text
     assert f"pid={os.getpid()}" in text or "ss" in text, f"the error should say what holds the port: {text}"

@@ -192,6 +192,24 @@ def _closes_channel(channel, queue, job):
     channel.close()
 
 
+def _unconfirmed(channel, queue, job):
+    """Known wrong: right body and properties, but no confirm mode and not mandatory (notebook 00 c06: unsafe)."""
+    channel.basic_publish("", queue, json.dumps(job.__dict__),
+                          pika.BasicProperties(content_type="application/json", delivery_mode=2))
+
+
+def _confirmed_not_mandatory(channel, queue, job):
+    """Known wrong: confirm mode, but a message no queue takes is confirmed and dropped without mandatory=True."""
+    channel.confirm_delivery()
+    _unconfirmed(channel, queue, job)
+
+
+def _mandatory_unconfirmed(channel, queue, job):
+    """Known wrong: mandatory, but without confirm mode the returned message never reaches the caller."""
+    channel.basic_publish("", queue, json.dumps(job.__dict__),
+                          pika.BasicProperties(content_type="application/json", delivery_mode=2), mandatory=True)
+
+
 def test_ch00_reference_passes(as_shared) -> None:
     result = ch00.q1.run(ch00.enqueue_job)
     assert result.passed, result.message
@@ -205,7 +223,8 @@ def test_ch00_stub_is_reported_not_raised(as_shared) -> None:
 @pytest.mark.parametrize("wrong, says", [
     (_no_properties, "content_type"), (_transient, "delivery_mode"), (_twice, "exactly once"),
     (_wrong_queue, "no message"), (_str_body, "not JSON"), (_crashes, "TypeError"), (42, "pass your function"),
-    (_closes_channel, "closed the channel"),
+    (_closes_channel, "closed the channel"), (_unconfirmed, "not in confirm mode"),
+    (_confirmed_not_mandatory, "mandatory=True"), (_mandatory_unconfirmed, "not in confirm mode"),
 ])
 def test_ch00_wrong_answers_fail_with_a_reason(as_shared, wrong, says) -> None:
     result = ch00.q1.run(wrong)
@@ -241,6 +260,33 @@ def _missing_queue(channel, exchange):
     channel.exchange_declare(exchange, exchange_type="topic", durable=True)
 
 
+def _transient_queues(channel, exchange):
+    """Known wrong: the right routing, on queues a restart deletes."""
+    channel.exchange_declare(exchange, exchange_type="topic", durable=True)
+    for queue, key in [("english", "en.*"), ("urgent", "*.high"), ("all", "#")]:
+        channel.queue_declare(f"{exchange}.{queue}", durable=False)
+        channel.queue_bind(f"{exchange}.{queue}", exchange, routing_key=key)
+
+
+def _transient_exchange(channel, exchange):
+    channel.exchange_declare(exchange, exchange_type="topic", durable=False)
+    for queue, key in [("english", "en.*"), ("urgent", "*.high"), ("all", "#")]:
+        channel.queue_declare(f"{exchange}.{queue}", durable=True)
+        channel.queue_bind(f"{exchange}.{queue}", exchange, routing_key=key)
+
+
+def _explicit_keys(channel, exchange):
+    """Known wrong: every key the notebook ever showed, bound by name instead of with wildcards."""
+    channel.exchange_declare(exchange, exchange_type="topic", durable=True)
+    langs, prios = ("en", "de", "fr", "es", "pt-br"), ("high", "low")
+    bindings = {"english": [f"en.{p}" for p in prios], "urgent": [f"{lang}.high" for lang in langs],
+                "all": [f"{lang}.{p}" for lang in langs for p in prios]}
+    for queue, keys in bindings.items():
+        channel.queue_declare(f"{exchange}.{queue}", durable=True)
+        for key in keys:
+            channel.queue_bind(f"{exchange}.{queue}", exchange, routing_key=key)
+
+
 # -- ch02: acks ---------------------------------------------------------------------------
 
 def _ack_first(channel, method, properties, body, process):
@@ -274,15 +320,20 @@ def _raises_in_callback(channel, method, properties, body, process):
 
 @pytest.mark.parametrize("exercise, reference, wrongs", [
     (ch01.q1, ch01.setup_routing, [(_direct_exchange, "did not get"), (_star_for_all, "did not get"),
-                                   (_missing_queue, "does not exist")]),
-    (ch02.q1, ch02.on_message, [(_ack_first, "dead-letter queue should hold"),
+                                   (_missing_queue, "does not exist"), (_transient_queues, "not durable"),
+                                   (_transient_exchange, "not durable"), (_explicit_keys, "made up the language")]),
+    (ch02.q1, ch02.on_message, [(_ack_first, "acked before process() finished"),
                                 (_requeue_failures, "requeued"), (_never_acks, "neither acked"),
                                 (_raises_in_callback, "_Boom")]),
-    (ch03.q1, ch03.plan, [(lambda s, t: {"consumers": 4, "prefetch": 0}, "took too much"),
+    (ch03.q1, ch03.plan, [(lambda s, t: {"consumers": 4, "prefetch": 0}, "handed it its share"),
+                          (lambda s, t: {"consumers": 4, "prefetch": 30}, "handed it its share"),
+                          (lambda s, t: {"consumers": 6, "prefetch": 40}, "handed it its share"),
                           (lambda s, t: {"consumers": 1, "prefetch": 1}, "the target is"),
                           (lambda s, t: {"consumers": 20, "prefetch": 1}, "from 1 to 8"),
                           (lambda s, t: (4, 1), "exactly the keys")]),
     (ch04.q1, ch04.size_fleet, [(lambda s, t, c: {"processes": 1, "threads": 10, "prefetch": 1}, "At most 1 job"),
+                                (lambda s, t, c: {"processes": min(8, 2 * c), "threads": 4, "prefetch": 4},
+                                 "connections to the broker"),
                                 (lambda s, t, c: {"processes": 1, "threads": 0, "prefetch": 1}, "target"),
                                 (lambda s, t, c: {"processes": 99, "threads": 1, "prefetch": 1},
                                  "processes must be")]),
@@ -294,6 +345,18 @@ def test_reference_passes_stub_and_wrong_answers_fail(as_shared, exercise, refer
     for wrong, says in wrongs:
         result = exercise.run(wrong)
         assert not result.passed and says in result.message, result.message
+
+
+@pytest.mark.parametrize("exercise, sound", [
+    (ch03.q1, lambda s, t: {"consumers": 6, "prefetch": 1}),   # all attached before publishing: none starved
+    (ch03.q1, lambda s, t: {"consumers": 8, "prefetch": 1}),
+    (ch03.q1, lambda s, t: {"consumers": 3, "prefetch": 1}),
+    (ch04.q1, lambda s, t, c: {"processes": 2, "threads": 5, "prefetch": 5}),
+    (ch04.q1, lambda s, t, c: {"processes": 1, "threads": 32, "prefetch": 40}),
+], ids=["ch03-6x1", "ch03-8x1", "ch03-3x1", "ch04-2x5", "ch04-1x32"])
+def test_other_sound_answers_pass(as_shared, exercise, sound) -> None:
+    result = exercise.run(sound)
+    assert result.passed, result.message
 
 
 def test_checkers_leave_no_scratch_queue_or_exchange_behind(as_shared) -> None:
@@ -345,3 +408,108 @@ def test_ch05_reference_passes_stub_unattempted_unconfirmed_fails() -> None:
             assert not result.passed and "not in the queue after the crash" in result.message, result.message
         finally:
             ch05.use_broker(None)
+
+
+# -- ch06: a retry policy that counts (good, flaky, doomed and poison jobs on the shared broker) ------------
+
+from voicelab.exercises import ch06  # noqa: E402
+from voicelab.guide_patterns import guide_retry_callback  # noqa: E402
+
+
+def _guide_header_counter(channel, method, properties, body, process, max_attempts):
+    """Known wrong: the guide's answer, mutating properties.headers and nacking with requeue."""
+    guide_retry_callback(channel, method, properties, body)
+
+
+def _memory_counter(channel, method, properties, body, process, max_attempts, _seen={}):
+    """A sound (if fragile: counts die with the process) answer: attempts counted in memory by message body."""
+    from voicelab.jobs import BadJob, VoiceJob
+    dlq = method.routing_key + ".dlq"
+    try:
+        job = VoiceJob.from_json(body)
+    except BadJob as e:
+        channel.basic_publish("", dlq, body, pika.BasicProperties(headers={"reason": f"poison: {e}"}))
+        channel.basic_ack(method.delivery_tag)
+        return
+    try:
+        process(job)
+    except Exception as e:
+        _seen[body] = _seen.get(body, 0) + 1
+        if _seen[body] >= max_attempts:
+            channel.basic_publish("", dlq, body, pika.BasicProperties(headers={"Failure-Reason": str(e)}))
+            channel.basic_ack(method.delivery_tag)
+        else:
+            channel.basic_nack(method.delivery_tag, requeue=True)
+        return
+    channel.basic_ack(method.delivery_tag)
+
+
+def _no_reason(channel, method, properties, body, process, max_attempts):
+    """Known wrong: dead-letters with basic_reject(requeue=False): right place, but no reason header."""
+    from voicelab.retry import ATTEMPT
+    from voicelab.jobs import BadJob, VoiceJob
+    attempt = int((properties.headers or {}).get(ATTEMPT, 0)) + 1
+    try:
+        process(VoiceJob.from_json(body))
+    except BadJob:
+        channel.basic_reject(method.delivery_tag, requeue=False)
+        return
+    except Exception:
+        if attempt >= max_attempts:
+            channel.basic_reject(method.delivery_tag, requeue=False)
+        else:
+            channel.basic_publish("", method.routing_key, body, pika.BasicProperties(headers={ATTEMPT: attempt}))
+            channel.basic_ack(method.delivery_tag)
+        return
+    channel.basic_ack(method.delivery_tag)
+
+
+def test_ch06_reference_and_sound_answers_pass_stub_and_wrong_answers_fail(as_shared) -> None:
+    for answer in (ch06.retry_policy, _memory_counter):
+        result = ch06.q1.run(answer)
+        assert result.passed, result.message
+    assert not ch06.q1.run(lambda *args: _stub(None, None, None)).attempted
+    result = ch06.q1.run(_guide_header_counter)
+    assert not result.passed and "loop forever" in result.message and "properties.headers" in result.message, \
+        result.message
+    result = ch06.q1.run(_no_reason)
+    assert not result.passed and "no reason" in result.message, result.message
+    assert _leftovers(as_shared) == []
+
+
+# -- ch07: an alert rule that is right ------------------------------------------------------------
+
+from voicelab.exercises import ch07  # noqa: E402
+
+
+def test_ch07_reference_passes_recorded_and_live(as_shared) -> None:
+    result = ch07.q1.run(ch07.alert)
+    assert result.passed, result.message
+    assert "live 'growing backlog'" in result.message
+
+
+def test_ch07_stub_is_reported_not_raised() -> None:
+    def alert(window):
+        raise NotImplementedError
+
+    assert not ch07.q1.run(alert).attempted
+
+
+def test_ch07_rejects_the_guides_fixed_depth_with_a_reason() -> None:
+    result = ch07.q1.run(lambda window: window["ready"].iloc[-1] > 100)
+    assert not result.passed and "burst that drains" in result.message and "fixed depth" in result.message
+
+
+def test_ch07_rejects_a_rule_that_misses_a_growing_backlog() -> None:
+    result = ch07.q1.run(lambda window: bool((window["consumers"] == 0).all()) and len(window) > 4)
+    assert not result.passed and "never fired" in result.message and "growing backlog" in result.message
+
+
+def test_ch07_accepts_another_sound_rule(as_shared) -> None:
+    def by_drain_time(window):  # Little's law instead of a threshold: will it drain within 20 s?
+        from voicelab.alerts import depth, predicted_drain_s, slope
+        g = slope(window, 3.0)
+        return g == g and depth(window).iloc[-1] > 10 and predicted_drain_s(depth(window).iloc[-1], -g, 0) > 20
+
+    result = ch07.q1.run(by_drain_time)
+    assert result.passed, result.message

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from voicelab import broker as vb
@@ -46,13 +48,36 @@ def test_topic_routing_and_unroutable(any_broker: vb.Broker, channel) -> None:
         declare_routing(channel, "x", "topics", {})
 
 
+def _timed(fn, *args, **kwargs) -> tuple[float, float]:
+    """``fn``'s return value (a rate) and the wall-clock seconds the whole call took."""
+    t0 = time.perf_counter()
+    rate = fn(*args, **kwargs)
+    return rate, time.perf_counter() - t0
+
+
 def test_throughput_helpers_move_every_message(any_broker: vb.Broker, channel) -> None:
-    assert publish_rate(any_broker, "t.bench", 200, 1000, confirm=True) > 0
+    """Each helper moves exactly n messages (the broker counts them), and reports n / (seconds it timed).
+
+    A rate is checked against the wall clock around the call: it cannot be lower than n / that time (the
+    helper times part of the call), nor above a million messages/s (a unit slip, or a clock that missed the work).
+    """
+    mgmt = Management(any_broker)
+    fill_queue(any_broker, "t.bench", 0)
+    published = lambda: mgmt.queue("t.bench").get("message_stats", {}).get("publish", 0)  # noqa: E731
+    before = published()
+    rate, wall = _timed(publish_rate, any_broker, "t.bench", 200, 1000, confirm=True)
+    assert 200 / wall <= rate < 1e6, (rate, wall)
+    mgmt.wait_for("t.bench", lambda q: q.get("message_stats", {}).get("publish", 0) - before >= 200, timeout=16)
+    assert published() - before == 200, "the broker counted a different number of publishes"
     fill_queue(any_broker, "t.bench", 300)
     assert channel.queue_declare("t.bench", passive=True).method.message_count == 300
-    assert consume_pull(any_broker, "t.bench", 100) > 0
-    assert consume_push(any_broker, "t.bench", 200, prefetch=50, ack_every=25) > 0
+    rate, wall = _timed(consume_pull, any_broker, "t.bench", 100)
+    assert 100 / wall <= rate < 1e6, (rate, wall)
+    assert channel.queue_declare("t.bench", passive=True).method.message_count == 200
+    rate, wall = _timed(consume_push, any_broker, "t.bench", 200, prefetch=50, ack_every=25)
+    assert 200 / wall <= rate < 1e6, (rate, wall)
     assert channel.queue_declare("t.bench", passive=True).method.message_count == 0
+    mgmt.close()
     with pytest.raises(ValueError, match="stall"):
         consume_push(any_broker, "t.bench", 10, prefetch=5, ack_every=10)
     with pytest.raises(RuntimeError, match="ran dry"):

@@ -5,6 +5,9 @@
   (as root on Debian/Ubuntu it installs ``rabbitmq-server`` itself and says so).
 - ``broker [--backend B] [--image I]``: start a broker, print its URLs, stay up until Ctrl-C.
 - ``build-image SUITE TAG``: build a RabbitMQ image from Debian packages, no registry needed.
+- ``dlq list|replay|purge QUEUE [--job ID ...] [--url URL]``: the dead-letter queue of ``QUEUE``
+  (``QUEUE.dlq``) on the broker at ``--url`` or ``VOICELAB_AMQP_URL``: what is in it and why,
+  send messages back to ``QUEUE``, or empty it.
 """
 
 from __future__ import annotations
@@ -148,9 +151,21 @@ def main(argv: list[str] | None = None) -> int:
     i = sub.add_parser("build-image", help="build a RabbitMQ image from Debian packages (root, debootstrap)")
     i.add_argument("suite", choices=["bookworm", "trixie", "sid"], help="bookworm=3.10, trixie=4.0, sid=4.3")
     i.add_argument("tag", help="image tag, e.g. voicelab/rabbitmq:4.0")
+    q = sub.add_parser("dlq", help="list, replay or purge the dead-letter queue QUEUE.dlq")
+    q.add_argument("action", choices=["list", "replay", "purge"])
+    q.add_argument("queue", help="the work queue (or its .dlq)")
+    q.add_argument("--job", action="append", help="replay only this job id (repeat for several)")
+    q.add_argument("--url", default=os.environ.get("VOICELAB_AMQP_URL"), help="AMQP URL "
+                   "(default: $VOICELAB_AMQP_URL)")
     args = parser.parse_args(argv)
     if args.command == "doctor":
         return doctor(args.ensure)
     if args.command == "broker":
         return run_broker(args.backend, args.image)
+    if args.command == "dlq":
+        if not args.url:
+            print("error: dlq needs a broker: pass --url amqp://... or set VOICELAB_AMQP_URL", file=sys.stderr)
+            return 2
+        from .deadletters import cli as dlq_cli
+        return dlq_cli(args.action, args.queue, args.url, args.job)
     return build_image(args.suite, args.tag)

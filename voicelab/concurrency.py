@@ -50,10 +50,13 @@ class ThreadPoolConsumer:
     ``prefetch`` defaults to ``threads``: every thread has one message, none
     hoards. :meth:`stop` (from any thread) stops taking messages, lets running
     jobs finish and ack, and requeues the ones that had not started.
+    ``on_settled(outcome)``, if given, runs on the connection's thread right after
+    each ack (``"acked"``) or reject (``"rejected"``) has been handed to pika.
     """
 
     def __init__(self, broker: Broker, queue: str, handler: Callable[[bytes], Any], threads: int = 10,
-                 prefetch: int | None = None, heartbeat: int | None = None) -> None:
+                 prefetch: int | None = None, heartbeat: int | None = None,
+                 on_settled: Callable[[str], Any] | None = None) -> None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         if prefetch is not None and prefetch < 1:
@@ -62,6 +65,7 @@ class ThreadPoolConsumer:
         self.threads = threads
         self.prefetch = prefetch or threads
         self.heartbeat = heartbeat
+        self.on_settled = on_settled
         self.stats = ConsumerStats()
         self._stop = threading.Event()
         self._in_flight: dict[int, Future[Any]] = {}
@@ -89,9 +93,13 @@ class ThreadPoolConsumer:
                     log.warning("job failed, rejecting it: %r", future.exception())
                     channel.basic_reject(tag, requeue=False)
                     self.stats.rejected += 1
+                    if self.on_settled:
+                        self.on_settled("rejected")
                 else:
                     channel.basic_ack(tag)
                     self.stats.acked += 1
+                    if self.on_settled:
+                        self.on_settled("acked")
 
             def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
                 self.stats.received += 1

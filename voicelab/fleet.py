@@ -80,10 +80,10 @@ def _worker_main(url: str, queue: str, threads: int, prefetch: int, ready: Any, 
 
     broker = UrlBroker(url)
 
-    def handler(body: bytes) -> None:
-        do_job(body)
-        with done.get_lock():
-            done.value += 1
+    def count_ack(outcome: str = "acked") -> None:  # after the ack, never before: a job is done once acked
+        if outcome == "acked":
+            with done.get_lock():
+                done.value += 1
 
     if threads == 0:  # the sequential consumer: the job runs inside the callback
         with broker.connect() as connection:
@@ -91,15 +91,16 @@ def _worker_main(url: str, queue: str, threads: int, prefetch: int, ready: Any, 
             channel.basic_qos(prefetch_count=prefetch)
 
             def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
-                handler(body)
+                do_job(body)
                 ch.basic_ack(method.delivery_tag)
+                count_ack()
 
             channel.basic_consume(queue, on_message)
             ready.release()
             while not stop.is_set():
                 connection.process_data_events(time_limit=0.05)
         return
-    consumer = ThreadPoolConsumer(broker, queue, handler, threads=threads, prefetch=prefetch)
+    consumer = ThreadPoolConsumer(broker, queue, do_job, threads=threads, prefetch=prefetch, on_settled=count_ack)
     ready.release()
     import threading
 
@@ -115,23 +116,49 @@ class FleetTimeout(TimeoutError):
         self.done, self.total, self.seconds = done, total, seconds
 
 
-def _rss_mb(pid: int | None) -> float:
-    """Resident memory of a process in MB (Linux /proc; NaN elsewhere)."""
+def memory_mb(pid: int | None) -> tuple[float, str]:
+    """Memory of a process in MB and what was measured: ``"PSS"`` or ``"RSS"`` (Linux); ``(nan, "")`` elsewhere.
+
+    PSS (proportional set size, ``/proc/PID/smaps_rollup``) splits each shared page
+    between the processes that map it, so the PSS of several processes adds up to
+    what they really use. RSS counts a shared page (the interpreter, pika's code)
+    once *per process*, so summing RSS overstates a fleet of processes. RSS from
+    ``/proc/PID/status`` is the fallback on kernels older than 4.14.
+
+    >>> import os
+    >>> mb, kind = memory_mb(os.getpid())
+    >>> kind in ("PSS", "RSS", "") and (mb > 1 or kind == "")
+    True
+    """
+    for path, field, kind in ((f"/proc/{pid}/smaps_rollup", "Pss:", "PSS"), (f"/proc/{pid}/status", "VmRSS:", "RSS")):
+        try:
+            for line in open(path):
+                if line.startswith(field):
+                    return int(line.split()[1]) / 1024, kind
+        except OSError:
+            continue
+    return float("nan"), ""
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (taskset, cgroups cpusets), not ``os.cpu_count()``.
+
+    >>> 1 <= usable_cores() <= (os.cpu_count() or 1)
+    True
+    """
     try:
-        for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def run_fleet(broker: Broker, queue: str, jobs: list[dict[str, Any]], processes: int = 1, threads: int = 0,
               prefetch: int | None = None, timeout: float = 120.0) -> dict[str, Any]:
     """Start ``processes`` workers of ``threads`` threads each (0 = sequential), publish ``jobs``, time them.
 
-    ``prefetch`` defaults to ``max(threads, 1)``. Returns the fleet's shape, its ``jobs_per_s`` and the
-    resident memory of its worker processes (``memory_mb``, Linux only).
+    ``prefetch`` defaults to ``max(threads, 1)``. Returns the fleet's shape, its ``jobs_per_s``, the
+    memory of its worker processes (``memory_mb``: the sum of their PSS, see :func:`memory_mb`; Linux only)
+    and the ``cores`` this process may use (:func:`usable_cores`).
     """
     if processes < 1 or threads < 0:
         raise ValueError(f"processes must be >= 1 and threads >= 0, got {processes}, {threads}")
@@ -161,7 +188,7 @@ def run_fleet(broker: Broker, queue: str, jobs: list[dict[str, Any]], processes:
                     raise FleetTimeout(done.value, len(jobs), time.monotonic() - t0)
                 time.sleep(0.002)
             seconds = time.monotonic() - t0
-            rss = sum(_rss_mb(w.pid) for w in workers)
+            measured = [memory_mb(w.pid) for w in workers]
         finally:
             stop.set()
             for w in workers:
@@ -171,7 +198,8 @@ def run_fleet(broker: Broker, queue: str, jobs: list[dict[str, Any]], processes:
                     w.join()
             channel.queue_delete(queue)
     return {"processes": processes, "threads": threads, "prefetch": prefetch, "jobs": len(jobs),
-            "seconds": seconds, "jobs_per_s": len(jobs) / seconds, "memory_mb": rss, "cores": os.cpu_count()}
+            "seconds": seconds, "jobs_per_s": len(jobs) / seconds, "memory_mb": sum(mb for mb, _ in measured),
+            "memory_kind": measured[0][1], "cores": usable_cores()}
 
 
 def plot_fleet(runs: "pd.DataFrame", caption: str = "", cores: int | None = None) -> "plt.Figure":
@@ -184,7 +212,7 @@ def plot_fleet(runs: "pd.DataFrame", caption: str = "", cores: int | None = None
 
     from .measure import add_caption, plot_sweep
 
-    cores = cores or os.cpu_count() or 1
+    cores = cores or usable_cores()
     kinds = list(dict.fromkeys(runs["kind"]))
     levels = sorted(runs["level"].unique())
     xlabel = "processes, or threads in one process"
@@ -195,7 +223,7 @@ def plot_fleet(runs: "pd.DataFrame", caption: str = "", cores: int | None = None
         ax.axvline(cores, color="0.5", linestyle=":")
         ax.annotate(f" {cores} cores", (cores, ax.get_ylim()[0]), color="0.4")
     plot_sweep(runs[runs["kind"] == kinds[0]], "level", "memory_mb", by="model", xlabel=xlabel,
-               ylabel="memory of the workers (MB, RSS)", title=f"What the {kinds[0].split(' (')[0]} fleet costs",
+               ylabel="memory of the workers (MB, PSS)", title=f"What the {kinds[0].split(' (')[0]} fleet costs",
                ax=axes[-1])
     for ax in axes:
         ax.set_xticks(levels)

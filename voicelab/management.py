@@ -1,7 +1,8 @@
 """The broker's own numbers, from the management HTTP API.
 
-Statistics refresh every ``collect_statistics_interval`` (1 s on brokers voicelab
-starts, 5 s by default elsewhere), so :meth:`Management.wait_for` polls.
+Queue counters step every 5 s, whatever ``collect_statistics_interval`` says
+(voicelab's brokers set it to 1 s, yet the management agent keeps its samples at
+5 s granularity): :meth:`Management.wait_for` polls, and plots say so.
 
 Example::
 
@@ -60,6 +61,37 @@ class Management:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"queue {queue!r} did not reach the expected state in {timeout} s: {q}")
             time.sleep(0.25)
+
+    def close_connections(self, name_prefix: str, reason: str = "closed by voicelab", timeout: float = 10.0) -> int:
+        """Force-close every client connection whose ``connection_name`` starts with ``name_prefix``.
+
+        ``DELETE /api/connections/{name}`` with an ``X-Reason`` header: the broker
+        closes the connection (320 CONNECTION_FORCED) and requeues its unacked
+        messages. Polls up to ``timeout`` s until at least one such connection is
+        listed; returns how many were closed (0 if none appeared).
+
+        Example::
+
+            Management(broker).close_connections("voicelab-reconnect")   # 1: the consumer must reconnect
+        """
+        if not name_prefix:
+            raise ValueError(f"name_prefix must be a non-empty string, got {name_prefix!r}")
+        deadline = time.monotonic() + timeout
+        while True:
+            names = [c["name"] for c in self.get("connections")
+                     if str((c.get("client_properties") or {}).get("connection_name", "")).startswith(name_prefix)]
+            if names or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        closed = 0
+        for name in names:
+            r = self.session.delete(f"{self.base}/connections/{urllib.parse.quote(name, safe='')}",
+                                    headers={"X-Reason": reason}, timeout=self.timeout)
+            if r.status_code in (200, 204):
+                closed += 1
+            elif r.status_code != 404:   # 404: it went away by itself meanwhile
+                r.raise_for_status()
+        return closed
 
     def close(self) -> None:
         self.session.close()

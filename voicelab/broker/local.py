@@ -30,6 +30,7 @@ from .base import (HOW_TO_GET_A_BROKER, STATS_INTERVAL_MS, Broker, BrokerError, 
 from .erlang import epmd_names, stop_idle_epmd
 
 PLUGINS = "[rabbitmq_management,rabbitmq_prometheus]."
+PORT_TAKEN = ("eaddrinuse", "dist_port_already_used")  # a listener's port, or the Erlang distribution port
 
 
 def find_rabbitmq_server() -> str | None:
@@ -137,7 +138,7 @@ class LocalBroker(Broker):
     def _check_alive(self) -> None:
         tail = self._log_tail()
         logs = tail + self._node_log()
-        if "eaddrinuse" in logs:  # the node may take 15 s more to crash: give up on it now
+        if any(sign in logs for sign in PORT_TAKEN):  # the node may take 15 s more to crash: give up on it now
             raise PortInUse(self._taken_port(logs), f"; rabbitmq-server said:{tail}")
         if self._proc is None or self._proc.poll() is not None:
             raise BrokerError(f"rabbitmq-server ({self.server}) exited during start-up{tail}")

@@ -7,13 +7,21 @@ q1: write ``setup_routing(channel, exchange)`` that declares a *topic* exchange
 - ``<exchange>.english`` gets every English job (``en.high``, ``en.low``);
 - ``<exchange>.urgent`` gets every high-priority job, in any language;
 - ``<exchange>.all`` gets every job.
+
+The checker publishes keys in languages and priorities you were not told
+about (made up at each check), so only wildcard patterns pass; and it asks
+the broker (management API) whether the exchange and the queues are durable.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Callable
 
-from ..broker import shared_broker
+import pika.exceptions
+
+from ..broker import Broker, shared_broker
+from ..management import Management
 from ..routing import delete_routing, job_keys, landed, publish_keys
 from .core import Exercise, Wrong, scratch_name
 
@@ -35,25 +43,50 @@ def expected(exchange: str, keys: list[str]) -> dict[str, list[str]]:
     }
 
 
+def _durable(broker: Broker, kind: str, name: str) -> bool | None:
+    """Whether exchange or queue ``name`` is durable, as the management API reports it; None when it cannot say."""
+    if not broker.management_url:
+        return None
+    mgmt = Management(broker)
+    try:
+        return bool(mgmt.get(f"{kind}/{mgmt.vhost}/{name}")["durable"])
+    except Exception:
+        return None
+    finally:
+        mgmt.close()
+
+
 def _check_routing(fn: Callable[..., Any]) -> str:
     exchange = scratch_name("routing")  # its queues are <exchange>.english, ...: all deleted below
-    keys = job_keys(("en", "de", "fr", "es", "pt-br"), ("high", "low"))  # languages you were not told about too
+    new_language = f"x{uuid.uuid4().hex[:4]}"  # a language nobody could bind by name in advance
+    keys = job_keys(("en", "de", "pt-br", new_language), ("high", "low", "normal"))
     want = expected(exchange, keys)
-    with shared_broker().connect() as connection:
+    broker = shared_broker()
+    with broker.connect() as connection:
         setup = connection.channel()
         try:
             fn(setup, exchange)
             channel = connection.channel()
+            try:
+                channel.exchange_declare(exchange, passive=True)
+            except pika.exceptions.ChannelClosedByBroker:
+                raise Wrong(f"exchange {exchange!r} does not exist: declare it (exchange_type='topic', "
+                            "durable=True)") from None
             for queue in want:
                 try:
                     channel.queue_declare(queue, passive=True)
-                except Exception:
+                except pika.exceptions.ChannelClosedByBroker:
                     raise Wrong(f"queue {queue!r} does not exist: declare it (durable=True) and bind it") from None
+            transient = [f"exchange {exchange!r}"] if _durable(broker, "exchanges", exchange) is False else []
+            transient += [f"queue {q!r}" for q in want if _durable(broker, "queues", q) is False]
             lost = publish_keys(channel, exchange, keys)
             got = landed(channel, list(want))
         finally:
             cleanup = connection.channel()
             delete_routing(cleanup, exchange, list(want))
+    if transient:
+        raise Wrong(f"{', '.join(transient)} not durable: a broker restart deletes it, and the bindings with it. "
+                    "Declare exchange and queues with durable=True.")
     problems = []
     for queue, keys_wanted in want.items():
         extra = sorted(set(got[queue]) - set(keys_wanted))
@@ -67,8 +100,12 @@ def _check_routing(fn: Callable[..., Any]) -> str:
     if lost:
         problems.append(f"no queue received {lost}")
     if problems:
+        if any(new_language in p or ".normal" in p for p in problems):
+            problems.append(f"(the checker made up the language {new_language!r} and the priority 'normal': "
+                            "name the words you know, match the others with * or #)")
         raise Wrong("; ".join(problems))
-    return f"{len(keys)} jobs in 5 languages, each landed exactly where it should."
+    return (f"{len(keys)} jobs, including the made-up language {new_language!r} and priority 'normal', each landed "
+            "exactly where it should; the exchange and the queues are durable.")
 
 
 q1 = Exercise(
@@ -77,7 +114,10 @@ q1 = Exercise(
     hints=[
         """A topic exchange compares each job's key <language>.<priority> with each queue's binding
         pattern, word by word: * matches exactly one word, # matches zero or more. Each queue needs one
-        pattern, and it must also match languages you have not seen yet.""",
+        pattern, and it must also match languages and priorities you have not seen yet: the checker makes up
+        new ones each time, so listing the keys you know is not enough.""",
+        """Everything you declare must survive a broker restart: the exchange and each queue are declared
+        durable=True (a transient exchange or queue disappears on a restart, with its bindings).""",
         """exchange_declare(exchange, exchange_type="topic", durable=True); then for each queue:
         queue_declare(name, durable=True) and queue_bind(name, exchange, routing_key=PATTERN),
         with the patterns "en.*" (english), "*.high" (urgent) and "#" (all).""",

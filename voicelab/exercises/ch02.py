@@ -7,6 +7,10 @@ callback of a consumer with manual acks:
   dead-letter queue keeps it; requeueing it would loop forever);
 - otherwise call ``process(job)`` with the decoded JSON; when it returns,
   ack the message; when it raises, reject it without requeue.
+
+The checker also crashes the worker in the middle of a job (``process`` never
+returns, the connection drops, as when the process is killed): that job must
+come back to the queue for another worker, so it must not have been acked yet.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any, Callable
 import pika
 
 from ..broker import shared_broker
-from ..queues import dlq_name, wait_stable
+from ..queues import dlq_name, drain, wait_stable
 from .core import Exercise, Wrong, scratch_queue
 
 
@@ -40,10 +44,15 @@ class _Poison(Exception):
     pass
 
 
+class _WorkerCrash(BaseException):
+    """The worker process dies in the middle of a job: no ``except Exception`` sees it, nothing runs after it."""
+
+
 def _check_callback(fn: Callable[..., Any]) -> str:
     good = [{"job_id": f"good-{i}"} for i in range(4)]
     messages = [json.dumps(j).encode() for j in good[:2]] + [b"{oops", json.dumps({"job_id": "poison"}).encode(),
                                                            b"\xff\xfe", *[json.dumps(j).encode() for j in good[2:]]]
+    crash_body = json.dumps({"job_id": "crash"}).encode()
     processed: list[str] = []
     calls = [0]
 
@@ -51,47 +60,74 @@ def _check_callback(fn: Callable[..., Any]) -> str:
         processed.append(job["job_id"])
         if job["job_id"] == "poison":
             raise _Poison("this job always fails")
+        if job["job_id"] == "crash":
+            raise _WorkerCrash("the worker died during this job")
 
-    with scratch_queue("acks", dead_letters=True) as queue, shared_broker().connect() as connection:
+    broker = shared_broker()
+    with scratch_queue("acks", dead_letters=True) as queue, broker.connect() as connection:
         admin = connection.channel()
         admin.confirm_delivery()
+        persistent = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
         for body in messages:
-            admin.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent))
-        channel = connection.channel()
-        channel.basic_qos(prefetch_count=10)
+            admin.basic_publish("", queue, body, persistent)
+        worker = broker.connect()  # the worker's own connection: its crash closes it
+        crashed = False
+        try:
+            channel = worker.channel()
+            channel.basic_qos(prefetch_count=10)
 
-        def callback(ch: Any, method: Any, properties: Any, body: bytes) -> None:
-            calls[0] += 1
-            fn(ch, method, properties, body, process)
+            def callback(ch: Any, method: Any, properties: Any, body: bytes) -> None:
+                calls[0] += 1
+                fn(ch, method, properties, body, process)
 
-        channel.basic_consume(queue, callback)
-        for _ in range(40):
-            connection.process_data_events(time_limit=0.05)
-            if calls[0] > 3 * len(messages):
-                break
-        redelivery_loop = calls[0] > len(messages)
-        if channel.is_open:
-            channel.close()  # unacked messages go back to the queue now
-        left = wait_stable(admin, queue, dlq_name(queue))[queue]
-        dead = []
-        while True:
-            m, _, body = admin.basic_get(dlq_name(queue), auto_ack=True)
-            if m is None:
-                break
-            dead.append(body)
+            channel.basic_consume(queue, callback)
+            for _ in range(40):
+                worker.process_data_events(time_limit=0.05)
+                if calls[0] > 3 * len(messages):
+                    break
+            redelivery_loop = calls[0] > len(messages)
+            if not redelivery_loop and channel.is_open:
+                # Phase 2: one more job, and the worker dies while doing it.
+                admin.basic_publish("", queue, crash_body, persistent)
+                try:
+                    for _ in range(60):
+                        worker.process_data_events(time_limit=0.05)
+                        if "crash" in processed:
+                            break
+                except _WorkerCrash:
+                    crashed = True
+        finally:
+            try:
+                worker.close()  # like a killed process: the broker requeues what the worker had not settled
+            except Exception:
+                pass
+        wait_stable(admin, queue, dlq_name(queue))  # requeues and dead-lettering settle inside the broker
+        back = [m.body for m in drain(admin, queue)]
+        dead = [m.body for m in drain(admin, dlq_name(queue))]
     if redelivery_loop:
         raise Wrong(f"your callback ran {calls[0]} times for {len(messages)} messages: something was requeued and "
                     "came back. Reject malformed or failing messages with requeue=False.")
-    if sorted(processed) != sorted([j["job_id"] for j in good] + ["poison"]):
+    if sorted(p for p in processed if p != "crash") != sorted([j["job_id"] for j in good] + ["poison"]):
         raise Wrong(f"process() should be called once per valid JSON message; it was called for {processed}")
+    if not crashed:
+        raise Wrong("the checker's last job crashes the worker inside process(), but your callback never called "
+                    "process() for it, or caught the crash and went on: let exceptions that are not the job's "
+                    "failure (e.g. BaseException) propagate.")
+    left = [b for b in back if b != crash_body]
     if left:
-        raise Wrong(f"{left} message(s) were neither acked nor rejected, so they went back to the queue "
-                    "when the channel closed. Ack every job that succeeded.")
+        raise Wrong(f"{len(left)} message(s) were neither acked nor rejected, so they went back to the queue "
+                    "when the worker's connection closed. Ack every job that succeeded.")
+    if crash_body not in back:
+        where = ("was rejected to the dead-letter queue" if crash_body in dead else
+                 "was acked before process() finished, so the broker forgot it")
+        raise Wrong(f"the worker crashed in the middle of a job, and that job {where}: it is lost, never done. "
+                    "Ack only after process(job) has returned, so that an unfinished job goes back to the queue.")
     want_dead = sorted([b"{oops", b"\xff\xfe", json.dumps({"job_id": "poison"}).encode()])
     if sorted(dead) != want_dead:
         raise Wrong(f"the dead-letter queue should hold the 2 malformed messages and the failing job, "
                     f"it holds {sorted(dead)}")
-    return "4 jobs acked after processing; 2 malformed and 1 failing message dead-lettered, none looped."
+    return ("4 jobs acked after processing; 2 malformed and 1 failing message dead-lettered, none looped; "
+            "the job running when the worker crashed went back to the queue.")
 
 
 q1 = Exercise(
@@ -102,6 +138,8 @@ q1 = Exercise(
         Only the last is acked, and only once process() has returned. The other two can never succeed:
         requeued, they would come straight back forever; rejected without requeue, the broker moves
         them to the queue's dead-letter queue.""",
+        """Think of a worker that dies in the middle of a job (killed, out of memory): the broker gives the job
+        to another worker only if it was never acked. So the ack comes last, after the work, never before it.""",
         """json.loads(body) raises json.JSONDecodeError (or UnicodeDecodeError) on a malformed body:
         catch it and call channel.basic_reject(method.delivery_tag, requeue=False). Call process(job) in a
         try block; ack with channel.basic_ack(method.delivery_tag) only after it returned.""",

@@ -1,11 +1,15 @@
 """Exercises of notebook 03 (prefetch).
 
 q1: write ``plan(job_seconds, target_per_s)`` returning ``{"consumers": C, "prefetch": P}``
-for a queue of I/O-bound jobs of ``job_seconds`` each. The checker fills a queue,
-starts your C consumers one after another (0.1 s apart, like a deploy) at
-prefetch P, and measures: the whole batch must go at ``target_per_s`` jobs per
-second or faster, and no consumer may be starved (each must do at least half
-of its fair share). At most 8 consumers.
+for a queue of I/O-bound jobs that take ``job_seconds`` on average, unevenly. The
+checker attaches your C consumers (threads, each with its own connection) at
+prefetch P, *then* publishes the batch, and measures two things:
+
+- speed: the batch must go at ``target_per_s`` jobs per second or faster;
+- balance: every C-th job is long (the worst case for a consumer that takes
+  its share up front: round-robin hands it every long job). No consumer may be
+  busy for more than 1.6 times the average busy time (it hoarded jobs the others
+  could have done), nor less than 0.4 times (starved). At most 8 consumers.
 """
 
 from __future__ import annotations
@@ -13,13 +17,15 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..broker import shared_broker
-from ..fairness import fill_jobs, run_consumers, shares
+from ..fairness import run_consumers, shares
 from .core import Exercise, Wrong, scratch_queue
 
 JOB_SECONDS = 0.02
 TARGET_PER_S = 100.0
 JOBS = 120
 MAX_CONSUMERS = 8
+HOARDING = 1.6   # max busy time / average busy time above this: one consumer held what others could have done
+STARVED = 0.4    # min busy time / average busy time below this: a consumer got (almost) nothing
 
 
 def plan(job_seconds: float, target_per_s: float) -> dict[str, int]:
@@ -27,6 +33,19 @@ def plan(job_seconds: float, target_per_s: float) -> dict[str, int]:
     per_consumer = 1 / job_seconds                       # jobs/s one consumer can do at best
     consumers = min(MAX_CONSUMERS, int(target_per_s / per_consumer * 1.5) + 1)  # 50 % headroom
     return {"consumers": consumers, "prefetch": 2}       # 2: no idle round trip, little hoarding
+
+
+def uneven_jobs(consumers: int, n: int = JOBS, mean: float = JOB_SECONDS) -> list[float]:
+    """``n`` durations averaging ``mean``: every ``consumers``-th job long, the others ``mean / 2``.
+
+    Round-robin over ``consumers`` consumers would give every long job to the first one.
+
+    >>> uneven_jobs(4, n=8)
+    [0.05, 0.01, 0.01, 0.01, 0.05, 0.01, 0.01, 0.01]
+    """
+    short = mean / 2
+    long = round(consumers * mean - (consumers - 1) * short, 6)  # keeps the mean at `mean` for any count
+    return [long if i % consumers == 0 else short for i in range(n)]
 
 
 def _check_plan(fn: Callable[..., Any]) -> str:
@@ -39,33 +58,40 @@ def _check_plan(fn: Callable[..., Any]) -> str:
     if not isinstance(prefetch, int) or prefetch < 0:
         raise Wrong(f"prefetch must be an int >= 0 (0 = unlimited), got {prefetch!r}")
     broker = shared_broker()
-    with scratch_queue("prefetch", broker=broker) as queue:
-        fill_jobs(broker, queue, [JOB_SECONDS] * JOBS)
-        timeline = run_consumers(broker, queue, consumers, prefetch, total=JOBS, stagger=0.1, timeout=60)
-    rate = JOBS / timeline["end"].max()
+    durations = uneven_jobs(consumers)
+    with scratch_queue("prefetch", broker=broker) as queue:  # consumers attach first, then the jobs are published
+        timeline = run_consumers(broker, queue, consumers, prefetch, publish=durations, timeout=60)
+    rate = JOBS / (timeline["end"].max() - timeline["start"].min())
     s = shares(timeline).reindex([f"consumer {i + 1}" for i in range(consumers)], fill_value=0)
-    fair = 1 / consumers
-    starved = s[s["share"] < fair / 2]
-    if len(starved):
-        who = ", ".join(f"{name} did {share:.0%}" for name, share in starved["share"].items())
-        raise Wrong(f"{who} of the jobs (fair share {fair:.0%}): the first consumers took too much. "
-                    f"Jobs per consumer: {s['jobs'].to_dict()}")
+    busy = s["busy_s"] / s["busy_s"].mean()
+    per = ", ".join(f"{name.split()[-1]}: {b:.2f} s" for name, b in s["busy_s"].items())
+    if consumers > 1 and busy.max() > HOARDING:
+        who = busy.idxmax()
+        raise Wrong(f"{who} was busy {busy.max():.1f}x as long as the average consumer ({per}): at prefetch "
+                    f"{prefetch or 'unlimited'} the broker handed it its share of the jobs up front, long ones "
+                    f"included, while the others ran out of work. A small prefetch lets whoever is free take the "
+                    f"next job.")
+    if consumers > 1 and busy.min() < STARVED:
+        raise Wrong(f"{busy.idxmin()} was busy only {busy.min():.1f}x the average ({per}): it was starved.")
     if rate < TARGET_PER_S:
         raise Wrong(f"{consumers} consumer(s) at prefetch {prefetch} did {rate:.0f} jobs/s; the target is "
                     f"{TARGET_PER_S:.0f}/s. One consumer does at most {1 / JOB_SECONDS:.0f} jobs/s of these jobs.")
-    return f"{consumers} consumers at prefetch {prefetch}: {rate:.0f} jobs/s, shares {s['jobs'].tolist()}."
+    return (f"{consumers} consumers at prefetch {prefetch}: {rate:.0f} jobs/s; busy time per consumer {per} "
+            f"(the busiest {busy.max():.2f}x the average).")
 
 
 q1 = Exercise(
     "ch03.q1", "size consumers and prefetch for a target",
     _check_plan,
     hints=[
-        """Two questions. Speed: how many jobs per second can one consumer do, if each job takes
-        job_seconds? Fairness: the first consumer starts 0.1 s before the next, on a full queue, and the
-        broker sends it up to prefetch unacked jobs at once; what does it grab at prefetch 0 (unlimited)?""",
+        """Two questions. Speed: how many jobs per second can one consumer do, if a job takes job_seconds
+        on average? Balance: the broker sends each consumer up to prefetch unacked jobs, round-robin, before it
+        knows how long any of them takes. What happens to a consumer that was handed several long jobs?""",
         """One consumer does at most 1/job_seconds jobs per second, so you need more than
-        target_per_s * job_seconds consumers (keep some headroom). A prefetch of 0 (unlimited) or a large one
-        lets the first consumer to start hoard the queue; 1 or 2 shares it.""",
+        target_per_s * job_seconds consumers (keep some headroom).""",
+        """A prefetch of 0 (unlimited) or a large one deals the whole batch out at once: one consumer may hold
+        many long jobs while the others finish and idle. 1 or 2 per consumer lets the free one take the
+        next job.""",
     ],
     solution=plan,
 )

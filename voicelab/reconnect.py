@@ -1,0 +1,357 @@
+"""A consumer that survives: reconnect with exponential backoff and jitter, idempotent on ``job_id``.
+
+When the broker force-closes a connection (an operator, a ``consumer_timeout``,
+a node going down) or restarts, pika raises out of ``process_data_events``
+and the consumer's messages that were not acked go back to the queue. A
+consumer that survives therefore needs two things:
+
+- :class:`ReconnectingConsumer`: catch the error, wait a backoff that doubles
+  after each failed attempt (capped) with random jitter (so that a fleet does
+  not reconnect in lockstep), connect again, and give up only after ``deadline``
+  seconds without a connection.
+- :class:`ResultStore`: the message being processed when the connection died
+  is delivered again and processed again. Applying a result is idempotent on
+  ``job_id``: the store keeps the first result and says whether a call applied
+  anything, so "done twice" never means "applied twice".
+
+:func:`run_through_faults` sends jobs, force-closes the consumer's connection
+through the management API in the middle of a job, optionally restarts the
+broker, and counts: sent, done once, done twice but applied once, lost.
+
+Example::
+
+    from voicelab.broker import own_broker
+    with own_broker() as broker:
+        report = run_through_faults(broker, n=200, faults=("close", "restart"))
+        report["lost"]   # 0
+
+    backoff_delay(3, base=0.1, cap=2.0, rng=random.Random(1))   # between 0.2 and 0.4 s
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from typing import Any, Callable, Iterable
+
+import pika
+import pika.exceptions
+
+from .jobs import BadJob, VoiceJob
+from .management import Management
+from .queues import confirm_mode, job_properties
+
+__all__ = ["BrokerUnreachable", "ReconnectingConsumer", "ResultStore", "backoff_delay", "run_through_faults"]
+
+CONNECTION_ERRORS = (pika.exceptions.AMQPError, OSError)
+"""What a lost or refused connection raises in pika (``ConnectionClosedByBroker``, ``StreamLostError``, ...)."""
+
+
+class BrokerUnreachable(ConnectionError):
+    """The consumer could not reconnect within its ``deadline``."""
+
+
+def backoff_delay(failures: int, base: float = 0.1, cap: float = 5.0, rng: random.Random | None = None) -> float:
+    """Seconds to wait after ``failures`` failed attempts in a row: ``base * 2**(failures-1)``, capped at
+    ``cap``, then jittered to between half and all of it ("equal jitter").
+
+    >>> d = backoff_delay(3, base=0.1, cap=2.0, rng=random.Random(1))
+    >>> 0.2 <= d <= 0.4
+    True
+    >>> backoff_delay(50, base=0.1, cap=2.0, rng=random.Random(1)) <= 2.0
+    True
+    >>> backoff_delay(0)
+    Traceback (most recent call last):
+    ...
+    ValueError: failures must be an int >= 1, got 0
+    """
+    if not isinstance(failures, int) or failures < 1:
+        raise ValueError(f"failures must be an int >= 1, got {failures!r}")
+    if not base > 0:
+        raise ValueError(f"base must be > 0 seconds, got {base!r}")
+    if not cap >= base:
+        raise ValueError(f"cap must be >= base ({base}), got {cap!r}")
+    ceiling = min(cap, base * 2 ** min(failures - 1, 30))
+    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
+
+
+class ResultStore:
+    """Results by ``job_id``, applied at most once; counts how often each job was handled.
+
+    >>> store = ResultStore()
+    >>> store.apply("j1", {"ok": 1}), store.apply("j1", {"ok": 2}), store.result("j1")
+    (True, False, {'ok': 1})
+    >>> store.handled["j1"], store.applied
+    (2, 1)
+    """
+
+    def __init__(self) -> None:
+        self._results: dict[str, Any] = {}
+        self.handled: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def apply(self, job_id: str, result: Any) -> bool:
+        """Store ``result`` for ``job_id`` unless one is there; True if this call applied it."""
+        with self._lock:
+            self.handled[job_id] += 1
+            if job_id in self._results:
+                return False
+            self._results[job_id] = result
+            return True
+
+    def result(self, job_id: str) -> Any:
+        """The result applied for ``job_id``, or None."""
+        return self._results.get(job_id)
+
+    @property
+    def applied(self) -> int:
+        """Jobs whose result is stored."""
+        return len(self._results)
+
+    def counts(self, sent: Iterable[str]) -> dict[str, int]:
+        """``sent``, ``done once``, ``done twice but applied once`` (handled 2+ times), ``lost`` (never applied)."""
+        ids = list(sent)
+        return {"sent": len(ids),
+                "done once": sum(1 for j in ids if self.handled[j] == 1),
+                "done twice but applied once": sum(1 for j in ids if self.handled[j] >= 2 and j in self._results),
+                "lost": sum(1 for j in ids if j not in self._results)}
+
+
+class ReconnectingConsumer:
+    """Consume ``queue`` in a thread of its own; reconnect with backoff and jitter whenever the connection is lost.
+
+    Args:
+        parameters: pika connection parameters (``broker.parameters()``); the consumer
+            sets its ``connection_name`` to ``name`` so that it can be found in the management API.
+        queue: a durable queue that exists (after a restart it must still be there).
+        work: ``work(job) -> result``; its result goes to ``store`` (idempotent on ``job_id``),
+            then the message is acked. A body that is not a job is rejected without requeue.
+        store: the :class:`ResultStore`.
+        prefetch: unacked messages the broker may hand over at once.
+        base_delay, max_delay: the backoff (see :func:`backoff_delay`).
+        deadline: seconds without a connection before the thread gives up (:class:`BrokerUnreachable`,
+            kept in :attr:`error`).
+        before_ack: called with the job after its result is applied and before its ack (tests and
+            demos inject faults there).
+
+    Example::
+
+        consumer = ReconnectingConsumer(broker.parameters(), "jobs", work, store).start()
+        ...
+        consumer.stop()
+        consumer.reconnects   # [{'t': 2.31, 'error': 'ConnectionClosedByBroker: ...', 'delay': 0.07}, ...]
+    """
+
+    def __init__(self, parameters: pika.ConnectionParameters, queue: str, work: Callable[[VoiceJob], Any],
+                 store: ResultStore, *, name: str = "voicelab-reconnect", prefetch: int = 10,
+                 base_delay: float = 0.1, max_delay: float = 2.0, deadline: float = 60.0,
+                 seed: int | None = None, before_ack: Callable[[VoiceJob], None] | None = None) -> None:
+        if not isinstance(parameters, pika.ConnectionParameters):
+            raise ValueError(f"parameters must be pika.ConnectionParameters (broker.parameters()), got {parameters!r}")
+        if not queue or not isinstance(queue, str):
+            raise ValueError(f"queue must be a non-empty name, got {queue!r}")
+        if not isinstance(prefetch, int) or prefetch < 1:
+            raise ValueError(f"prefetch must be an int >= 1, got {prefetch!r}")
+        if not deadline > 0:
+            raise ValueError(f"deadline must be > 0 seconds, got {deadline!r}")
+        backoff_delay(1, base_delay, max_delay)   # validates base_delay and max_delay
+        client = dict(parameters.client_properties or {})
+        client["connection_name"] = name
+        self.parameters = pika.ConnectionParameters(
+            host=parameters.host, port=parameters.port, virtual_host=parameters.virtual_host,
+            credentials=parameters.credentials, connection_attempts=1, socket_timeout=2, heartbeat=10,
+            client_properties=client)
+        self.queue, self.work, self.store, self.name, self.prefetch = queue, work, store, name, prefetch
+        self.before_ack = before_ack
+        self.base_delay, self.max_delay, self.deadline = base_delay, max_delay, deadline
+        self.rng = random.Random(seed)
+        self.reconnects: list[dict[str, Any]] = []
+        self.connections = 0
+        self.error: BaseException | None = None
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._t0 = time.monotonic()
+
+    def start(self) -> "ReconnectingConsumer":
+        """Start consuming in a daemon thread; returns ``self``."""
+        self._t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread (it closes its connection) and wait for it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _on_message(self, channel: Any, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
+        try:
+            job = VoiceJob.from_json(body)
+        except BadJob:
+            channel.basic_reject(method.delivery_tag, requeue=False)
+            return
+        result = self.work(job)
+        self.store.apply(job.job_id, result)   # idempotent: a redelivered job is not applied twice
+        if self.before_ack is not None:
+            self.before_ack(job)               # (fault injection: the connection dies right here)
+        channel.basic_ack(method.delivery_tag)  # raises if the connection died meanwhile: redelivered later
+
+    def _run(self) -> None:
+        failures = 0
+        down_since: float | None = None
+        while not self._stop.is_set():
+            connection = None
+            try:
+                connection = pika.BlockingConnection(self.parameters)
+                channel = connection.channel()
+                channel.basic_qos(prefetch_count=self.prefetch)
+                channel.basic_consume(self.queue, self._on_message)
+                self.connections += 1
+                failures, down_since = 0, None
+                self.connected.set()
+                while not self._stop.is_set():
+                    connection.process_data_events(time_limit=0.1)
+            except CONNECTION_ERRORS as e:
+                self.connected.clear()
+                failures += 1
+                down_since = down_since or time.monotonic()
+                if time.monotonic() - down_since > self.deadline:
+                    self.error = BrokerUnreachable(f"no connection to {self.parameters.host}:{self.parameters.port} "
+                                                   f"for {self.deadline:g} s; last error: {type(e).__name__}: {e}")
+                    return
+                delay = backoff_delay(failures, self.base_delay, self.max_delay, self.rng)
+                self.reconnects.append({"t": round(time.monotonic() - self._t0, 3), "failures": failures,
+                                        "delay": round(delay, 3), "error": f"{type(e).__name__}: {e}"[:160]})
+                self._stop.wait(delay)
+            finally:
+                if connection is not None and connection.is_open:
+                    try:
+                        connection.close()
+                    except CONNECTION_ERRORS:
+                        pass
+
+
+def run_through_faults(broker: Any, n: int = 200, faults: tuple[str, ...] = ("close",), *,
+                       queue: str = "survive06", job_seconds: float = 0.005, timeout: float = 60.0,
+                       seed: int = 0) -> dict[str, Any]:
+    """Send ``n`` jobs to a durable quorum ``queue`` and consume them through ``faults``; count the outcome.
+
+    Faults, spread evenly over the run, each *while a job is in flight* (after
+    its result was applied, before its ack): ``"close"`` force-closes the
+    consumer's connection through the management API; ``"restart"`` restarts
+    the broker gracefully (needs a broker voicelab controls, e.g.
+    :func:`voicelab.broker.own_broker`). Returns the :meth:`ResultStore.counts`,
+    the reconnect log, the applied-over-time series and the fault times.
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    unknown = [f for f in faults if f not in ("close", "restart")]
+    if unknown:
+        raise ValueError(f"faults must be 'close' or 'restart', got {unknown!r}")
+    if "restart" in faults and not broker.can_control:
+        raise ValueError("faults=('restart',) needs a broker voicelab started (own_broker()), not a VOICELAB_AMQP_URL one")
+    jobs = [VoiceJob.new(f"audio/{i}.wav", user_id=i) for i in range(n)]
+    with broker.connect() as connection:
+        channel = connection.channel()
+        channel.queue_delete(queue)
+        channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
+    store = ResultStore()
+    mgmt = Management(broker)
+    name = f"voicelab-survive-{random.Random(seed).randrange(10**6)}"
+    at = {round(n * (k + 1) / (len(faults) + 1)): fault for k, fault in enumerate(faults)}
+    log: list[dict[str, Any]] = []
+    timeline: list[tuple[float, int]] = []
+    started = [0]
+    restarts: list[threading.Thread] = []
+
+    def work(job: VoiceJob) -> dict[str, Any]:
+        time.sleep(job_seconds)
+        return {"job_id": job.job_id, "user_id": job.user_id}
+
+    def before_ack(job: VoiceJob) -> None:
+        started[0] += 1
+        timeline.append((round(time.monotonic() - consumer._t0, 3), store.applied))
+        fault = at.pop(started[0], None)
+        if fault is None:
+            return
+        # the fault hits while this job is in flight: its result is applied, its ack will be lost
+        if fault == "close":
+            mgmt.close_connections(name, reason="voicelab fault injection")
+            log.append({"t": round(time.monotonic() - consumer._t0, 3), "fault": fault, "job": job.job_id})
+            time.sleep(0.5)   # the connection dies before this job's ack goes out
+            return
+        log.append({"t": round(time.monotonic() - consumer._t0, 3), "fault": fault, "job": job.job_id})
+        restarts.append(threading.Thread(target=broker.restart, daemon=True))
+        restarts[-1].start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:   # hold this job until the broker is down: its ack is lost with it
+            try:
+                pika.BlockingConnection(broker.parameters(connection_attempts=1, socket_timeout=0.5,
+                                                          stack_timeout=1)).close()
+            except CONNECTION_ERRORS:
+                break
+            time.sleep(0.1)
+
+    consumer = ReconnectingConsumer(broker.parameters(), queue, work, store, name=name, seed=seed,
+                                    deadline=timeout, before_ack=before_ack)
+    consumer.start()
+    t0 = time.monotonic()
+    try:
+        # the management API lists a new connection only after a stats interval: wait for it before the jobs go
+        # out, so that a "close" fault hits at once rather than seconds later
+        while consumer.error is None and time.monotonic() - t0 < 30 and not [
+                c for c in mgmt.get("connections")
+                if (c.get("client_properties") or {}).get("connection_name") == name]:
+            time.sleep(0.1)
+        with broker.connect() as connection:
+            channel = connection.channel()
+            confirm_mode(channel)
+            for job in jobs:
+                channel.basic_publish("", queue, job.to_json(), job_properties(message_id=job.job_id), mandatory=True)
+        while store.applied < n and time.monotonic() - t0 < timeout and consumer.error is None:
+            time.sleep(0.05)
+        time.sleep(0.3)   # let the last acks go out
+    finally:
+        consumer.stop()
+        mgmt.close()
+        for thread in restarts:
+            thread.join(90)   # the broker is up again before anything is counted
+    with broker.connect() as connection:
+        channel = connection.channel()
+        left = int(channel.queue_declare(queue, passive=True).method.message_count)
+        channel.queue_delete(queue)
+    if consumer.error is not None:
+        raise consumer.error
+    return {**store.counts(j.job_id for j in jobs), "left in queue": left, "seconds": round(time.monotonic() - t0, 2),
+            "connections": consumer.connections, "reconnects": consumer.reconnects, "faults": log,
+            "timeline": timeline}
+
+
+def plot_faults(report: dict[str, Any], caption: str = "") -> Any:
+    """Jobs applied against time through the faults of :func:`run_through_faults`; faults as vertical lines,
+    reconnect attempts as ticks at the bottom."""
+    import matplotlib.pyplot as plt
+
+    from .measure import add_caption
+
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    t = [p[0] for p in report["timeline"]]
+    ax.step(t, [p[1] for p in report["timeline"]], where="post", color="tab:blue", label="results applied")
+    for k, fault in enumerate(report["faults"]):
+        ax.axvline(fault["t"], color="crimson", linestyle="--", label="fault" if k == 0 else None)
+        ax.annotate(fault["fault"], (fault["t"], report["sent"] * 0.95), color="crimson", fontsize=8,
+                    xytext=(3, 0), textcoords="offset points")
+    rt = [r["t"] for r in report["reconnects"]]
+    ax.scatter(rt, [0] * len(rt), marker="|", s=200, color="black", label="reconnect attempt (after backoff)")
+    ax.set_xlabel("time since the consumer started (s)")
+    ax.set_ylabel("jobs applied")
+    ax.set_title(f"{report['sent']} jobs through faults: lost {report['lost']}, "
+                 f"done twice but applied once {report['done twice but applied once']}", fontsize=10)
+    ax.legend(fontsize=8, loc="center right")
+    ax.grid(alpha=0.3)
+    add_caption(fig, caption)
+    return fig
