@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # `import helpers` from every test file
 
-from helpers import backend_params, beam_processes, owned_containers, start_backend, version_params  # noqa: E402
+from helpers import backend_params, beam_processes, images, owned_containers, start_backend, version_params  # noqa: E402
 from voicelab import broker as vb  # noqa: E402
 
 
@@ -64,6 +64,28 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("VOICELAB_RUN_ID", uuid.uuid4().hex[:12])
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests on ``any_broker`` run on the newest image only, unless marked ``all_versions``.
+
+    A test whose subject differs between RabbitMQ versions (durability, quorum delivery limits,
+    retries, monitoring endpoints) carries the marker and runs on every image; a test of voicelab's
+    own mechanics runs once. ``VOICELAB_ALL_VERSIONS=1`` runs every test on every image.
+    """
+    newest = images()[-1]
+    if os.environ.get("VOICELAB_ALL_VERSIONS") == "1" or len(images()) < 2:
+        return
+    keep, drop = [], []
+    for item in items:
+        param = getattr(getattr(item, "callspec", None), "params", {}).get("any_broker")
+        if param and param[0] == "container" and param[1] != newest and not item.get_closest_marker("all_versions"):
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     has_notebooks = any(str(item.fspath).endswith(".ipynb") for item in session.items)
     if has_notebooks and not os.environ.get("VOICELAB_AMQP_URL"):
@@ -72,6 +94,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         os.environ["VOICELAB_AMQP_URL"] = broker.amqp_url
         if broker.management_url:
             os.environ["VOICELAB_MANAGEMENT_URL"] = broker.management_url
+        if broker.prometheus_url:
+            os.environ["VOICELAB_PROMETHEUS_URL"] = broker.prometheus_url
         print(f"\nnotebooks share RabbitMQ {broker.version} ({broker.backend} "
               f"{getattr(broker, 'image', '')}) at {vb.mask_url(broker.amqp_url)}")
         if broker.notice:
@@ -86,6 +110,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         broker.stop()
         os.environ.pop("VOICELAB_AMQP_URL", None)
         os.environ.pop("VOICELAB_MANAGEMENT_URL", None)
+        os.environ.pop("VOICELAB_PROMETHEUS_URL", None)
     vb.stop_all()  # brokers notebooks-in-process or checkers started
     # This process's brokers, and any a notebook kernel or child process started: all must be gone.
     run = vb.run_id()

@@ -92,3 +92,7 @@ def test_bad_arguments_are_named() -> None:
         deadletters.dlq_of("")
     with pytest.raises(ValueError, match="action"):
         deadletters.cli("show", "q", "amqp://localhost")
+
+
+# What these tests check differs between RabbitMQ versions: run them on every image (see conftest).
+pytestmark = pytest.mark.all_versions

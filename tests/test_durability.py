@@ -55,3 +55,7 @@ def test_kill_with_confirms_loses_nothing_confirmed(image) -> None:
         assert out["lost"] == 0 and out["present"] == 8000
     finally:
         broker.stop()
+
+
+# What these tests check differs between RabbitMQ versions: run them on every image (see conftest).
+pytestmark = pytest.mark.all_versions

@@ -108,3 +108,7 @@ def test_broker_gone_past_the_deadline_raises(any_broker) -> None:
     with pytest.raises(BrokerGone, match="deadline=1 s") as info:
         ReliablePublisher(params, deadline=1, retry_delay=0.1).publish("q", [b"x", b"y"])
     assert 1 <= time.monotonic() - t0 < 10 and info.value.report.unconfirmed == [0, 1]
+
+
+# What these tests check differs between RabbitMQ versions: run them on every image (see conftest).
+pytestmark = pytest.mark.all_versions

@@ -65,3 +65,7 @@ def test_guide_robust_consumer_dies_with_a_name_error_on_the_first_failure() -> 
     assert out["raised"] == "UnboundLocalError" and out["is a NameError"], out
     assert out["connect attempts"] == 1, "the 'robust' loop never retried"
     assert "AMQPConnectionError" in out["real error (never shown)"]
+
+
+# What these tests check differs between RabbitMQ versions: run them on every image (see conftest).
+pytestmark = pytest.mark.all_versions

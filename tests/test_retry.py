@@ -106,3 +106,7 @@ def test_bad_arguments_are_named() -> None:
         retry.RetryPolicy("header-counter")
     with pytest.raises(ValueError, match="settle"):
         retry.redelivery_loop(None, "classic", "drop")
+
+
+# What these tests check differs between RabbitMQ versions: run them on every image (see conftest).
+pytestmark = pytest.mark.all_versions

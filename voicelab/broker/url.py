@@ -26,7 +26,7 @@ class UrlBroker(Broker):
     backend = "url"
     can_control = False
 
-    def __init__(self, url: str, management_url: str | None = None) -> None:
+    def __init__(self, url: str, management_url: str | None = None, prometheus_url: str | None = None) -> None:
         super().__init__()
         try:
             params = pika.URLParameters(url)
@@ -43,6 +43,9 @@ class UrlBroker(Broker):
         mgmt = management_url or os.environ.get("VOICELAB_MANAGEMENT_URL")
         if mgmt:
             self.management_port = urllib.parse.urlsplit(mgmt).port
+        prom = prometheus_url or os.environ.get("VOICELAB_PROMETHEUS_URL")
+        if prom:
+            self.prometheus_port = urllib.parse.urlsplit(prom).port
 
     def start(self) -> "UrlBroker":
         return self

@@ -1,0 +1,32 @@
+"""Consumer health on the real broker: the guide's check is wrong both ways, voicelab's judge is right;
+and the broker's own health-check endpoints."""
+
+from __future__ import annotations
+
+import pytest
+
+from voicelab import broker as vb
+from voicelab import health
+
+
+def test_guide_check_calls_idle_dead_and_stuck_alive_judge_does_not(any_broker: vb.Broker) -> None:
+    checks = health.health_scenarios(any_broker, "health_test", window_s=1.0)
+    idle, stuck = checks.loc["idle consumer, empty queue"], checks.loc["consumer stuck in a job"]
+    assert not idle["guide says healthy"] and idle["voicelab says healthy"], idle.to_dict()
+    assert stuck["guide says healthy"] and not stuck["voicelab says healthy"], stuck.to_dict()
+    assert stuck["ready"] == 20 and "stuck" in stuck["voicelab's reason"]
+
+
+def test_broker_health_checks_pass_and_a_missing_listener_fails(any_broker: vb.Broker) -> None:
+    checks = health.broker_checks(any_broker, extra={"nobody": "health/checks/port-listener/1"})
+    core = ["alarms", "local-alarms", "virtual-hosts", "port-listener", "protocol-listener"]
+    assert (checks.loc[core, "status"] == 200).all(), checks
+    assert checks.loc["nobody", "status"] == 503
+    if any_broker.version_info < (4, 1):
+        assert checks.loc["ready-to-serve-clients", "status"] == 404, "added in 4.1"
+    else:
+        assert checks.loc["ready-to-serve-clients", "status"] == 200
+
+
+# What these tests check differs between RabbitMQ versions: run them on every image (see conftest).
+pytestmark = pytest.mark.all_versions

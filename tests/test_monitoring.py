@@ -1,0 +1,83 @@
+"""Monitoring on the real endpoints: the passive declare, the management API and Prometheus, and how fresh each is."""
+
+from __future__ import annotations
+
+import pytest
+
+import time
+
+import pandas as pd
+
+from voicelab import broker as vb
+from voicelab import monitoring as mon
+from voicelab.management import Management
+from voicelab.queues import refill
+
+
+def test_passive_view_reports_ready_and_consumers_only(channel) -> None:
+    refill(channel, "mon_passive", range(5))
+    assert mon.passive_view(channel, "mon_passive") == {"ready": 5, "consumers": 0}
+    channel.queue_delete("mon_passive")
+
+
+def test_prometheus_is_aggregated_on_metrics_and_per_queue_on_detailed(any_broker: vb.Broker) -> None:
+    with any_broker.connect() as connection:
+        refill(connection.channel(), "mon_prom", range(7))
+    prom = mon.Prometheus.of(any_broker)
+    try:
+        deadline = time.monotonic() + 10
+        while prom.queue("mon_prom")["ready"] != 7:
+            assert time.monotonic() < deadline, f"Prometheus never showed 7 ready: {prom.queue('mon_prom')}"
+            time.sleep(0.2)
+        agg = prom.samples("/metrics")
+        ready = agg[agg["name"] == "rabbitmq_queue_messages_ready"]
+        assert len(ready) == 1 and ("queue" not in ready or ready["queue"].isna().all())
+    finally:
+        prom.close()
+        with any_broker.connect() as connection:
+            connection.channel().queue_delete("mon_prom")
+
+
+def test_three_views_agree_once_settled_and_passive_lacks_the_rest(any_broker: vb.Broker) -> None:
+    with any_broker.connect() as connection:
+        refill(connection.channel(), "mon_views", range(12))
+    try:
+        Management(any_broker).wait_for("mon_views", lambda q: q.get("messages_ready") == 12, timeout=15)
+        deadline = time.monotonic() + 10
+        while (views := mon.three_views(any_broker, "mon_views")).loc["Prometheus", "ready"] != 12:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert (views["ready"] == 12).all(), views
+        assert views.loc["passive declare", ["unacked", "publish_rate", "utilisation", "connections"]].isna().all()
+        assert views.loc["management API", "connections"] >= 0 and views.loc["Prometheus", "channels"] >= 0
+    finally:
+        with any_broker.connect() as connection:
+            connection.channel().queue_delete("mon_views")
+
+
+def _change_intervals(samples: pd.DataFrame, col: str) -> pd.Series:
+    changed = samples.loc[samples[col].ne(samples[col].shift()) & samples[col].notna(), "t"]
+    return changed.diff().dropna()
+
+
+def test_backlog_freshness_drain_prediction_and_live_view(any_broker: vb.Broker) -> None:
+    live = mon.LiveView(every=0.5)
+    run = mon.run_backlog(any_broker, "mon_backlog", publish_rate=30, ramp_s=6.0, consumers=2, job_s=0.025,
+                          tail_s=5.2, on_sample=live)
+    try:
+        assert run.empty_at is not None and run.empty_at > run.consumers_at
+        assert live.redraws >= 2 and live.fig.axes, "the view redrew during the run and drew the final figure"
+        stale = mon.staleness(run).groupby("source")["staleness_s"]
+        assert stale.median()["passive declare"] <= 0.05
+        assert stale.max()["Prometheus"] < 2.5
+        assert _change_intervals(run.samples, "prom_ready").median() < 2.0
+        assert _change_intervals(run.samples, "mgmt_ready").median() >= 4.0, "management figures step every 5 s"
+        pred = mon.drain_prediction(run)
+        assert 0.6 < pred["predicted_drain_s"] / pred["measured_drain_s"] < 1.5, pred
+    finally:
+        with any_broker.connect() as connection:
+            connection.channel().queue_delete("mon_backlog")
+
+
+# What these tests check differs between RabbitMQ versions: run them on every image (see conftest).
+pytestmark = pytest.mark.all_versions
