@@ -73,9 +73,11 @@ def test_thread_pool_acks_5000_exactly_once(any_broker: vb.Broker) -> None:
     stats = ThreadPoolConsumer(any_broker, "t.pool", handler, threads=10, prefetch=10).run(idle_timeout=1.0)
     assert stats.acked == 5000 and stats.rejected == 0 and stats.requeued == 0
     assert len(seen) == len(set(seen)) == 5000
-    q = Management(any_broker).wait_for(
-        "t.pool", lambda q: q.get("message_stats", {}).get("ack") == 5000 and q.get("messages") == 0, timeout=20)
-    assert q["message_stats"].get("redeliver", 0) == 0
+    # The consumer's connection is closed now: a message it had not acked on the broker would be back in the
+    # queue. (The management API's message_stats are not used: a closed channel's last second of counts can
+    # be missing there, seen on 3.10.8 under load.)
+    with any_broker.connect() as connection:
+        assert connection.channel().queue_declare("t.pool", passive=True).method.message_count == 0
 
 
 def test_thread_pool_stop_mid_run_loses_nothing(any_broker: vb.Broker) -> None:
