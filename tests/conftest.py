@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,20 @@ def pytest_collection_finish(session: pytest.Session) -> None:
               f"{getattr(broker, 'image', '')}) at {vb.mask_url(broker.amqp_url)}")
         if broker.notice:
             print(f"note: {broker.notice}")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Seconds per test file (setup + call + teardown): where CI's time goes (README, Development)."""
+    per_file: dict[str, float] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) in ("setup", "call", "teardown") and hasattr(report, "duration"):
+                path = report.nodeid.split("::", 1)[0]
+                per_file[path] = per_file.get(path, 0.0) + report.duration
+    if per_file:
+        terminalreporter.section("seconds per file")
+        for path, seconds in sorted(per_file.items(), key=lambda kv: -kv[1]):
+            terminalreporter.write_line(f"{seconds:7.1f} s  {path}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

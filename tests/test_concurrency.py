@@ -134,6 +134,9 @@ def test_guides_thread_pool_breaks_the_connection(any_broker: vb.Broker) -> None
 def test_long_job_starves_heartbeats_only_in_a_blocking_callback(any_broker: vb.Broker) -> None:
     blocking = long_job(any_broker, "t.long", job_seconds=4, heartbeat=1, style="blocking callback")
     assert not blocking["acked"] and blocking["redelivered"], blocking
+    assert 2 <= blocking["cut_after_s"] <= 3, "the broker closes after 2 to 3 silent heartbeat intervals"
+    threaded = long_job(any_broker, "t.long", job_seconds=4, heartbeat=1, style="worker thread")
+    assert threaded["acked"] and not threaded["back in queue"], threaded
     pooled = long_job(any_broker, "t.long", job_seconds=4, heartbeat=1, style="thread-pool consumer")
     assert pooled["acked"] and not pooled["back in queue"], pooled
 

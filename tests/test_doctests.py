@@ -21,7 +21,7 @@ MODULES = ["broker", "jobs", "measure", "routing", "fairness", "queues", "throug
 
 
 # Modules whose docstrings hold ``>>>`` examples: doctest must find and run them (not just find none).
-WITH_DOCTESTS = ["jobs", "routing", "fairness", "queues", "fleet", "exercises.core", "exercises.ch03", "measure",
+WITH_DOCTESTS = ["acks", "heartbeats", "bench", "jobs", "routing", "fairness", "queues", "fleet", "exercises.core", "exercises.ch03", "measure",
                  "broker.base"]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from helpers import images, start_backend
@@ -34,7 +36,16 @@ def test_publish_cost_rejects_unknown_strategy(any_broker) -> None:
         durability.publish_cost(any_broker, "fast", 10)
 
 
-@pytest.mark.parametrize("image", images())
+def _matrix_images() -> list[str]:
+    """Notebook 05 asserts the matrix on the newest image and on the local 3.10 node in every CI run; here the
+    versions in between (VOICELAB_ALL_VERSIONS=1: every image)."""
+    every = images()
+    if os.environ.get("VOICELAB_ALL_VERSIONS") == "1" or len(every) < 3:
+        return every
+    return every[1:-1]
+
+
+@pytest.mark.parametrize("image", _matrix_images())
 def test_matrix_durable_persistent_survives_restart_and_kill(image) -> None:
     broker = start_backend("container", image)
     try:

@@ -513,3 +513,70 @@ def test_ch07_accepts_another_sound_rule(as_shared) -> None:
 
     result = ch07.q1.run(by_drain_time)
     assert result.passed, result.message
+
+
+# -- ch08: a worker that loses nothing --------------------------------------------------------------
+
+from voicelab.exercises import ch08  # noqa: E402
+
+
+def _reject_poison(channel, method, properties, body, process, results):
+    """Sound: poison rejected without requeue (the queue's dead-letter exchange takes it); ack after apply."""
+    from voicelab.jobs import BadJob, VoiceJob
+    try:
+        job = VoiceJob.from_json(body)
+    except BadJob:
+        channel.basic_reject(method.delivery_tag, requeue=False)
+        return
+    results.apply(job.job_id, process(job))
+    channel.basic_ack(method.delivery_tag)
+
+
+def _crashes_on_poison(channel, method, properties, body, process, results):
+    """Known wrong: acks after apply, but a BadJob escapes and kills the worker at every redelivery."""
+    from voicelab.jobs import VoiceJob
+    job = VoiceJob.from_json(body)
+    results.apply(job.job_id, process(job))
+    channel.basic_ack(method.delivery_tag)
+
+
+def _requeues_poison(channel, method, properties, body, process, results):
+    """Known wrong: puts poison back in the queue, where it comes straight back."""
+    from voicelab.jobs import BadJob, VoiceJob
+    try:
+        job = VoiceJob.from_json(body)
+    except BadJob:
+        channel.basic_nack(method.delivery_tag, requeue=True)
+        return
+    results.apply(job.job_id, process(job))
+    channel.basic_ack(method.delivery_tag)
+
+
+def test_ch08_reference_and_sound_fixes_pass(as_shared) -> None:
+    for answer in (ch08.worker, _reject_poison):
+        result = ch08.q1.run(answer)
+        assert result.passed, result.message
+        assert "none lost" in result.message and "2 worker crashes" in result.message, result.message
+    assert _leftovers(as_shared) == []
+
+
+def test_ch08_stub_is_reported_not_raised(as_shared) -> None:
+    def worker(channel, method, properties, body, process, results):
+        raise NotImplementedError
+
+    assert not ch08.q1.run(worker).attempted
+    assert _leftovers(as_shared) == []
+
+
+def test_ch08_rejects_the_fragile_worker_because_it_loses_jobs(as_shared) -> None:
+    result = ch08.q1.run(ch08.fragile_worker)
+    assert not result.passed and "2 of 40 jobs were lost" in result.message, result.message
+    assert "Ack only after results.apply" in result.message
+
+
+def test_ch08_rejects_workers_that_mishandle_poison(as_shared) -> None:
+    result = ch08.q1.run(_crashes_on_poison)
+    assert not result.passed and "died" in result.message and "BadJob" in result.message, result.message
+    result = ch08.q1.run(_requeues_poison)
+    assert not result.passed and "never settled" in result.message, result.message
+    assert _leftovers(as_shared) == []

@@ -24,7 +24,8 @@ def test_scale_knob(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_time_calls_summary_and_plot() -> None:
     df = measure.time_calls(lambda i: sum(range(1000 * (i + 1))), n=5, label="sum", repeats=2)
-    assert list(df.columns) == ["label", "repeat", "i", "ms"] and len(df) == 10 and (df["ms"] > 0).all()
+    assert list(df.columns) == ["label", "repeat", "i", "ms", "cpu_ms"] and len(df) == 10 and (df["ms"] > 0).all()
+    assert (df["cpu_ms"] >= 0).all() and df["cpu_ms"].sum() > 0
     s = measure.summary(df)
     assert s.loc["sum", "n"] == 10 and s.loc["sum", "p10"] <= s.loc["sum", "median"] <= s.loc["sum", "p90"]
     ax = measure.plot_distributions(df, title="t", caption=measure.machine(), ylabel="time")

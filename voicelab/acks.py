@@ -32,7 +32,7 @@ from .broker import Broker, UrlBroker
 from .queues import dlq_name, drain, refill, wait_for_consumers, wait_stable
 
 
-def _consumer_main(url: str, queue: str, auto_ack: bool, prefetch: int, job_seconds: float, log_path: str) -> None:
+def consumer_main(url: str, queue: str, auto_ack: bool, prefetch: int, job_seconds: float, log_path: str) -> None:
     """Child process: consume ``queue``, 'process' each message, log its id, ack after (manual mode)."""
     connection = UrlBroker(url).connect()  # the one way a child process finds its broker again
     channel = connection.channel()
@@ -41,10 +41,11 @@ def _consumer_main(url: str, queue: str, auto_ack: bool, prefetch: int, job_seco
         def on_message(ch, method, properties, body):  # type: ignore[no-untyped-def]
             time.sleep(job_seconds)
             log.write(body.decode() + "\n")
-            if not auto_ack:
-                ch.basic_ack(method.delivery_tag)
+            if not auto_ack:  # manual ack: the broker keeps the message until this arrives
+                ch.basic_ack(delivery_tag=method.delivery_tag)
 
-        channel.basic_consume(queue, on_message, auto_ack=auto_ack)
+        # auto_ack=True: the broker counts a message done as soon as it sends it
+        channel.basic_consume(queue=queue, on_message_callback=on_message, auto_ack=auto_ack)
         channel.start_consuming()
 
 
@@ -69,7 +70,7 @@ def crash_consumer(broker: Broker, queue: str, n: int, *, auto_ack: bool, prefet
         log = Path(tmp, "processed.log")
         log.touch()
         ctx = multiprocessing.get_context("spawn")
-        child = ctx.Process(target=_consumer_main, daemon=True,
+        child = ctx.Process(target=consumer_main, daemon=True,
                             args=(broker.amqp_url, queue, auto_ack, prefetch, job_seconds, str(log)))
         child.start()
         try:
@@ -108,6 +109,24 @@ SETTLEMENTS = ("ack", "nack requeue=True", "nack requeue=False", "reject requeue
                "no ack, channel closed")
 
 
+def settle_one(channel: Any, queue: str, how: str) -> None:
+    """Take one message from ``queue`` with a manual ack and settle it ``how``: the pika call for each way."""
+    method, properties, body = channel.basic_get(queue, auto_ack=False)  # the broker waits for our answer
+    tag = method.delivery_tag
+    if how == "ack":
+        channel.basic_ack(delivery_tag=tag)                  # done: the broker deletes it
+    elif how == "nack requeue=True":
+        channel.basic_nack(delivery_tag=tag, requeue=True)   # back in the queue, flagged redelivered
+    elif how == "nack requeue=False":
+        channel.basic_nack(delivery_tag=tag, requeue=False)  # to the dead-letter exchange, or dropped
+    elif how == "reject requeue=True":
+        channel.basic_reject(delivery_tag=tag, requeue=True)
+    elif how == "reject requeue=False":
+        channel.basic_reject(delivery_tag=tag, requeue=False)
+    else:  # "no ack, channel closed": the broker requeues what the channel held
+        channel.close()
+
+
 def settle(broker: Broker, how: str, queue: str = "settle_demo") -> dict[str, Any]:
     """Deliver one message, settle it ``how`` (one of :data:`SETTLEMENTS`), and report where it went.
 
@@ -118,17 +137,7 @@ def settle(broker: Broker, how: str, queue: str = "settle_demo") -> dict[str, An
     with broker.connect() as connection:
         channel = connection.channel()
         refill(channel, queue, [b"job"], dead_letters=True)
-        work = connection.channel()
-        method, _, _ = work.basic_get(queue)
-        tag = method.delivery_tag
-        if how == "ack":
-            work.basic_ack(tag)
-        elif how.startswith("nack"):
-            work.basic_nack(tag, requeue=how.endswith("True"))
-        elif how.startswith("reject"):
-            work.basic_reject(tag, requeue=how.endswith("True"))
-        else:
-            work.close()
+        settle_one(connection.channel(), queue, how)
         wait_stable(channel, queue, dlq_name(queue))  # requeue and dead-lettering are asynchronous
         again, dead = drain(channel, queue), drain(channel, dlq_name(queue))
         reason = (dead[0].properties.headers or {}).get("x-death", [{}])[0].get("reason") if dead else None
@@ -183,10 +192,30 @@ def forgotten_acks(broker: Broker, queue: str, n: int, hold: float = 8.0, after:
     return pd.DataFrame(samples), redelivered
 
 
+def crash_parts(crashes: "pd.DataFrame") -> "pd.DataFrame":
+    """Split each :func:`crash_consumer` row into disjoint parts that add up to ``sent``.
+
+    ``processed`` and ``requeued`` overlap by ``twice`` (done, but the ack never left), so
+    stacking them would count those messages twice.
+
+    >>> import pandas as pd
+    >>> crash_parts(pd.DataFrame([{"processed": 31, "requeued": 570, "twice": 1, "lost": 0}])).iloc[0].tolist()
+    [30, 1, 569, 0]
+    """
+    import pandas as pd
+
+    return pd.DataFrame({"processed": crashes["processed"] - crashes["twice"],
+                         "processed, then requeued (runs twice)": crashes["twice"],
+                         "requeued, not processed": crashes["requeued"] - crashes["twice"],
+                         "lost": crashes["lost"]})
+
+
 def plot_crashes(crashes: "pd.DataFrame", title: str = "A consumer process killed mid-batch", caption: str = "",
                  ax: "plt.Axes | None" = None) -> "plt.Axes":
-    """Stacked bars per ack mode: median messages processed, requeued and lost over the rows of :func:`crash_consumer`.
+    """Stacked bars per ack mode: where each message of :func:`crash_consumer` ended, median over the runs.
 
+    Each message is counted once: processed only; processed *and* back in the queue (its ack never
+    left: it will run twice); back in the queue unprocessed; lost. The parts add up to the messages sent.
     ``crashes`` has one row per run (its ``repeat`` column counts the repeats).
     """
     import matplotlib.pyplot as plt
@@ -195,8 +224,10 @@ def plot_crashes(crashes: "pd.DataFrame", title: str = "A consumer process kille
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 2.6))
-    medians = crashes.groupby("mode")[["processed", "requeued", "lost"]].median()
-    medians.plot.barh(stacked=True, color=["#4c9a2a", "#2b6cb0", "#c0392b"], ax=ax)
+    parts = crash_parts(crashes)
+    medians = parts.groupby(crashes["mode"]).median()
+    medians.plot.barh(stacked=True, color=["#4c9a2a", "#e0a526", "#2b6cb0", "#c0392b"], ax=ax)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     repeats = crashes["repeat"].nunique() if "repeat" in crashes else 1
     ax.set_xlabel(f"messages (of {crashes['sent'].max()}; median of {repeats} repeats)")
     ax.set_ylabel("")

@@ -8,6 +8,8 @@
 - ``dlq list|replay|purge QUEUE [--job ID ...] [--url URL]``: the dead-letter queue of ``QUEUE``
   (``QUEUE.dlq``) on the broker at ``--url`` or ``VOICELAB_AMQP_URL``: what is in it and why,
   send messages back to ``QUEUE``, or empty it.
+- ``bench [--repeats N] [--scale S] [--csv PATH] [--backend B] [--image I]``: publish and consume rates
+  on a broker it starts and stops, with repeats, ratios and their targets (see :mod:`voicelab.bench`).
 """
 
 from __future__ import annotations
@@ -157,7 +159,17 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--job", action="append", help="replay only this job id (repeat for several)")
     q.add_argument("--url", default=os.environ.get("VOICELAB_AMQP_URL"), help="AMQP URL "
                    "(default: $VOICELAB_AMQP_URL)")
+    n = sub.add_parser("bench", help="publish/consume rates with repeats and ratios on a broker it starts")
+    n.add_argument("--backend", default="auto", choices=["auto", "url", "container", "local"])
+    n.add_argument("--image", default=None, help="Docker image (default: $VOICELAB_RABBITMQ_IMAGE or "
+                                                  f"{vb.DEFAULT_IMAGE})")
+    n.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every case (default 3)")
+    n.add_argument("--scale", type=float, default=None, help="run-size multiplier (default: $VOICELAB_SCALE or 1)")
+    n.add_argument("--csv", default=None, metavar="PATH", help="also write one row per measurement to PATH")
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        from .bench import cli as bench_cli
+        return bench_cli(args.backend, args.image, args.repeats, args.scale, args.csv)
     if args.command == "doctor":
         return doctor(args.ensure)
     if args.command == "broker":

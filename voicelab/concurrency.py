@@ -21,6 +21,7 @@ import functools
 import logging
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -75,17 +76,36 @@ class ThreadPoolConsumer:
         self._stop.set()
 
     def run(self, idle_timeout: float | None = None, max_messages: int | None = None) -> ConsumerStats:
-        """Consume until :meth:`stop`, until ``max_messages`` are settled, or until idle for ``idle_timeout`` s."""
+        """Consume until :meth:`stop`, until ``max_messages`` are settled, or until idle for ``idle_timeout`` s.
+
+        Settling is batched: a pool thread that finishes a job puts it on a
+        list and wakes the connection's thread with one
+        ``add_callback_threadsafe`` (only if no wake-up is already pending);
+        that thread settles every finished job in one go, acking the run of
+        finished jobs at the head of the delivery order with a single
+        ``basic_ack(multiple=True)`` and the others one by one. A message is
+        still acked only after its handler returned, and only from the
+        connection's thread.
+        """
         overrides: dict[str, Any] = {} if self.heartbeat is None else {"heartbeat": self.heartbeat}
         t0 = time.monotonic()
         last_activity = t0
+        finished: deque[tuple[int, Future[Any]]] = deque()  # appended by pool threads, drained by this one
+        order: deque[int] = deque()      # unsettled delivery tags, in delivery order
+        settled_early: set[int] = set()  # settled out of order: skipped when the head of `order` reaches them
+        wake = [False]                   # a wake-up callback is pending on the connection
         with self.broker.connect(**overrides) as connection, \
                 ThreadPoolExecutor(self.threads, thread_name_prefix="voicelab-worker") as pool:
             channel = connection.channel()
             channel.basic_qos(prefetch_count=self.prefetch)
 
-            def settle(tag: int, future: Future[Any]) -> None:  # runs on the connection's thread
-                self._in_flight.pop(tag, None)
+            def settled(outcome: str, count: int = 1) -> None:
+                if self.on_settled:
+                    for _ in range(count):
+                        self.on_settled(outcome)
+
+            def settle_one(tag: int, future: Future[Any], ack_now: bool) -> bool:
+                """Reject or requeue ``tag`` now; ack it now if ``ack_now``. True if it is an ack left to send."""
                 if future.cancelled():
                     channel.basic_nack(tag, requeue=True)
                     self.stats.requeued += 1
@@ -93,38 +113,82 @@ class ThreadPoolConsumer:
                     log.warning("job failed, rejecting it: %r", future.exception())
                     channel.basic_reject(tag, requeue=False)
                     self.stats.rejected += 1
-                    if self.on_settled:
-                        self.on_settled("rejected")
-                else:
+                    settled("rejected")
+                elif ack_now:
                     channel.basic_ack(tag)
                     self.stats.acked += 1
-                    if self.on_settled:
-                        self.on_settled("acked")
+                    settled("acked")
+                else:
+                    return True
+                return False
+
+            def settle_finished() -> None:  # runs on the connection's thread
+                wake[0] = False  # before draining: a job finishing from now on schedules a new wake-up
+                done: dict[int, Future[Any]] = {}
+                while finished:
+                    tag, future = finished.popleft()
+                    done[tag] = future
+                if not done:
+                    return
+                # The head of the delivery order: every tag up to `last` is settled by one multiple ack.
+                # Rejects and requeues among them are sent first, so the multiple ack does not cover them.
+                last, run = 0, 0
+                while order:
+                    tag = order[0]
+                    if tag in settled_early:
+                        settled_early.discard(tag)
+                    elif tag in done:
+                        self._in_flight.pop(tag, None)
+                        if settle_one(tag, done.pop(tag), ack_now=False):
+                            last, run = tag, run + 1
+                    else:
+                        break
+                    order.popleft()
+                if run:
+                    channel.basic_ack(last, multiple=run > 1)
+                    self.stats.acked += run
+                    settled("acked", run)
+                # Finished behind a job still running: settle each now, so that prefetch frees up.
+                for tag, future in done.items():
+                    self._in_flight.pop(tag, None)
+                    settle_one(tag, future, ack_now=True)
+                    settled_early.add(tag)
+
+            def on_done(tag: int, future: Future[Any]) -> None:  # runs on a pool thread (or this one, if cancelled)
+                finished.append((tag, future))
+                if not wake[0]:
+                    wake[0] = True
+                    try:
+                        connection.add_callback_threadsafe(settle_finished)
+                    except Exception:  # the connection is closing: run()'s own drain loop settles it
+                        wake[0] = False
 
             def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
                 self.stats.received += 1
+                tag = method.delivery_tag
+                order.append(tag)
                 future = pool.submit(self.handler, body)
-                self._in_flight[method.delivery_tag] = future
-                future.add_done_callback(
-                    lambda f, tag=method.delivery_tag: connection.add_callback_threadsafe(
-                        functools.partial(settle, tag, f)))
+                self._in_flight[tag] = future
+                future.add_done_callback(functools.partial(on_done, tag))
 
-            tag = channel.basic_consume(self.queue, on_message)
+            consumer_tag = channel.basic_consume(self.queue, on_message)
             while not self._stop.is_set():
-                settled = self.stats.acked + self.stats.rejected
+                before = self.stats.acked + self.stats.rejected
                 connection.process_data_events(time_limit=0.05)
-                if self._in_flight or self.stats.acked + self.stats.rejected != settled:
+                settle_finished()  # a safety net: settles anything a lost wake-up would leave behind
+                if self._in_flight or self.stats.acked + self.stats.rejected != before:
                     last_activity = time.monotonic()
                 if max_messages is not None and self.stats.acked + self.stats.rejected >= max_messages:
                     break
                 if idle_timeout is not None and time.monotonic() - last_activity > idle_timeout:
                     break
             # Graceful shutdown: no new deliveries; jobs not started go back, running ones finish and ack.
-            channel.basic_cancel(tag)
+            channel.basic_cancel(consumer_tag)
             for future in list(self._in_flight.values()):
                 future.cancel()
             while self._in_flight:
                 connection.process_data_events(time_limit=0.05)
+                settle_finished()
             channel.close()
         self.stats.seconds = time.monotonic() - t0
         return self.stats

@@ -33,7 +33,7 @@ import pika.exceptions
 
 from .broker import Broker
 from .measure import add_caption
-from .publishing import ReliablePublisher, publish_confirmed, publish_unconfirmed
+from .publishing import BrokerGone, ReliablePublisher, publish_confirmed, publish_unconfirmed
 
 QUEUE_KINDS: dict[str, dict[str, Any]] = {
     "classic durable": {"durable": True},
@@ -180,14 +180,24 @@ def _killer(broker: Broker, progress: Callable[[], int], kill_after: int, down: 
         while progress() < kill_after and time.monotonic() - t0 < 60:
             time.sleep(0.001)
         log["killed_at"] = progress()
-        broker.kill()
-        time.sleep(down)
-        broker.start()
+        try:
+            broker.kill()
+            time.sleep(down)
+            broker.start()
+        except BaseException as e:  # reported by _join_killer, never swallowed
+            log["error"] = e  # type: ignore[assignment]
         log["down_s"] = time.monotonic() - t0
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
+
+
+def _join_killer(thread: threading.Thread, log: dict[str, Any]) -> None:
+    """Wait for the killer; raise what went wrong in it (a broker that did not come back)."""
+    thread.join()
+    if "error" in log:
+        raise RuntimeError(f"the broker was killed but did not start again: {log['error']!r}") from log["error"]
 
 
 def publish_through_kill(broker: Broker, n: int, *, confirms: bool, kill_after: int | None = None,
@@ -215,11 +225,15 @@ def publish_through_kill(broker: Broker, n: int, *, confirms: bool, kill_after: 
     log: dict[str, float] = {}
     out: dict[str, Any] = {"confirms": confirms, "sent": n}
     if confirms:
-        publisher = ReliablePublisher(broker.parameters(), window=window, deadline=60)
+        publisher = ReliablePublisher(broker.parameters(), window=window, deadline=120)
         thread = _killer(broker, lambda: len(getattr(publisher, "report", None).confirmed)  # type: ignore[union-attr]
                          if getattr(publisher, "report", None) else 0, kill_after, down, log)
-        report = publisher.publish(queue, (str(i).encode() for i in range(n)), properties=props)
-        thread.join()
+        try:
+            report = publisher.publish(queue, (str(i).encode() for i in range(n)), properties=props)
+        except BrokerGone:
+            _join_killer(thread, log)  # the broker's own failure, if it did not come back, explains this one
+            raise
+        _join_killer(thread, log)
         believed = set(report.confirmed)
         out.update(republished=report.republished, reconnects=report.reconnects)
     else:
@@ -243,7 +257,7 @@ def publish_through_kill(broker: Broker, n: int, *, confirms: bool, kill_after: 
                         break
                     except (pika.exceptions.AMQPError, OSError):
                         time.sleep(0.2)
-        thread.join()
+        _join_killer(thread, log)
         channel.queue_declare(queue, passive=True)   # answered after every publish before it
         connection.close()
         out.update(failed_publishes=failed, republished=0, reconnects=None)

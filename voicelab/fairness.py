@@ -53,30 +53,39 @@ def fill_jobs(broker: Broker, queue: str, durations: list[float]) -> None:
         refill(connection.channel(), queue, timed_jobs(durations), purge=True)
 
 
+def worker(channel: Any, queue: str, prefetch: int, record: Any, finished: Any) -> None:
+    """One consumer of :func:`run_consumers` in plain pika: set the prefetch, consume, do the job, ack."""
+    channel.basic_qos(prefetch_count=prefetch)  # at most `prefetch` unacked messages on this consumer (0: no limit)
+    for method, properties, body in channel.consume(queue, inactivity_timeout=0.05):
+        if finished():
+            break
+        if method is None:  # nothing arrived for 50 ms: ask finished() again
+            continue
+        job = json.loads(body)
+        start = time.monotonic()
+        time.sleep(job["seconds"])  # the work: waiting, like a call to another service
+        channel.basic_ack(delivery_tag=method.delivery_tag)  # done: the broker may send one more
+        record(job, method, start)
+    channel.cancel()
+
+
 def _consumer(broker: Broker, queue: str, name: str, prefetch: int, total: int, done: list[int],
               lock: threading.Lock, rows: list[dict[str, Any]], t0: float, deadline: float,
               errors: list[BaseException]) -> None:
     try:
         params = broker.parameters(client_properties={"connection_name": f"voicelab {name}"})
+        def finished() -> bool:
+            with lock:
+                return done[0] >= total or time.monotonic() > deadline
+
+        def record(job: dict[str, Any], method: Any, start: float) -> None:
+            with lock:
+                done[0] += 1
+                rows.append({"consumer": name, "job": job["job"], "seconds": job["seconds"],
+                             "start": start - t0, "end": time.monotonic() - t0, "redelivered": method.redelivered})
+
         with pika.BlockingConnection(params) as connection:
-            channel = connection.channel()
-            channel.basic_qos(prefetch_count=prefetch)
-            for method, _, body in channel.consume(queue, inactivity_timeout=0.05):
-                with lock:
-                    finished = done[0] >= total
-                if finished or time.monotonic() > deadline:
-                    break
-                if method is None:
-                    continue
-                job = json.loads(body)
-                start = time.monotonic() - t0
-                time.sleep(job["seconds"])  # the work: waiting, like a call to another service
-                channel.basic_ack(method.delivery_tag)
-                with lock:
-                    done[0] += 1
-                    rows.append({"consumer": name, "job": job["job"], "seconds": job["seconds"],
-                                 "start": start, "end": time.monotonic() - t0, "redelivered": method.redelivered})
-            channel.cancel()
+            worker(connection.channel(), queue, prefetch, record, finished)
     except BaseException as e:  # reported by run_consumers, never swallowed
         errors.append(e)
 
@@ -154,11 +163,15 @@ def plot_timeline(timeline: pd.DataFrame, title: str = "", caption: str = "", ax
     return ax
 
 
-def plot_timelines(timelines: dict[int, pd.DataFrame], caption: str = "") -> plt.Figure:
-    """:func:`plot_timeline` of each run of :func:`run_consumers`, keyed by its prefetch, stacked on one time axis."""
+def plot_timelines(timelines: dict[int, pd.DataFrame], caption: str = "", title: str = "") -> plt.Figure:
+    """:func:`plot_timeline` of each run of :func:`run_consumers`, keyed by its prefetch, stacked on one time axis.
+
+    ``title``, if given, follows the prefetch in each panel's title (e.g. how the consumers started).
+    """
     fig, axes = plt.subplots(len(timelines), 1, figsize=(8, 0.6 + 1.7 * len(timelines)), sharex=True, squeeze=False)
     for ax, (prefetch, timeline) in zip(axes[:, 0], timelines.items()):
-        plot_timeline(timeline, title=f"prefetch {prefetch or 'unlimited (0)'}", ax=ax)
+        plot_timeline(timeline, title=f"prefetch {prefetch or 'unlimited (0)'}" + (f", {title}" if title else ""),
+                      ax=ax)
         ax.label_outer()  # one time axis label, under the last panel
     fig.tight_layout()
     add_caption(fig, caption)

@@ -152,6 +152,31 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def core_speedup(processes: int = 2, work: int = 600_000, rounds: int = 3) -> float:
+    """How much faster ``processes`` plain-Python processes get through CPU work than one, right now.
+
+    The free cores, measured rather than counted: on an idle machine with 2 usable
+    cores, about 2; on one that is busy with something else, less. No broker, no
+    pika: :func:`python_features` of ``work`` samples per task (about 0.1 s), timed
+    inside a pool of ``processes`` spawned workers, one task against ``processes``
+    tasks at once, alternated ``rounds`` times; the medians' ratio, times ``processes``.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(processes) as pool:
+        pool.map(python_features, [1000] * processes)  # start and warm up the workers
+        one, many = [], []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            pool.map(python_features, [work], chunksize=1)
+            one.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            pool.map(python_features, [work] * processes, chunksize=1)
+            many.append(time.perf_counter() - t0)
+    one.sort()
+    many.sort()
+    return processes * one[len(one) // 2] / many[len(many) // 2]
+
+
 def run_fleet(broker: Broker, queue: str, jobs: list[dict[str, Any]], processes: int = 1, threads: int = 0,
               prefetch: int | None = None, timeout: float = 120.0) -> dict[str, Any]:
     """Start ``processes`` workers of ``threads`` threads each (0 = sequential), publish ``jobs``, time them.

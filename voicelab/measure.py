@@ -61,6 +61,31 @@ def machine() -> str:
     return f"{os.cpu_count()} cores {with_model or cpu}, {platform.system()}, Python {platform.python_version()}"
 
 
+def human(x: float, unit: str = "") -> str:
+    """A number as a person reads it on a plot: 3 significant figures, k/M/G for thousands, millions, billions.
+
+    >>> human(15_400), human(891.4), human(0.62), human(2_500_000, "messages/s"), human(1e5)
+    ('15.4k', '891', '0.62', '2.5M messages/s', '100k')
+    """
+    sign, x = ("-" if x < 0 else ""), abs(float(x))
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k"), (1, "")):
+        if x >= factor or factor == 1:
+            text = f"{x / factor:.3g}"
+            if "e" in text:  # .3g switched to scientific notation: the value needs more digits
+                text = f"{x / factor:.0f}"
+            return f"{sign}{text}{suffix}" + (f" {unit}" if unit else "")
+    raise AssertionError("unreachable")
+
+
+def human_axis(axis: Any) -> None:
+    """Label an axis's ticks with :func:`human` (``15k`` rather than ``1.5e+04`` or ``10^4``)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: human(v)))
+    if axis.get_scale() == "log":
+        axis.set_minor_formatter(NullFormatter())
+
+
 def broker_caption(broker: Any) -> str:
     """``"RabbitMQ 4.3.6 (container voicelab/rabbitmq:4.3) on 2 cores ..."`` for a figure."""
     where = broker.backend + (f" {broker.image}" if getattr(broker, "image", None) else "")
@@ -99,15 +124,20 @@ def progress(items: Iterable[T], desc: str = "", total: int | None = None) -> It
 
 
 def time_calls(fn: Callable[[int], Any], n: int, label: str, repeats: int = 1) -> pd.DataFrame:
-    """Call ``fn(i)`` for i in 0..n-1, ``repeats`` times; one row per call with its wall time in ms."""
+    """Call ``fn(i)`` for i in 0..n-1, ``repeats`` times; one row per call with its wall time in ms.
+
+    ``cpu_ms`` is the CPU time the calling thread spent in the call: the work it
+    did, which other programs on a busy machine do not inflate as they do wall time.
+    """
     if n < 1 or repeats < 1:
         raise ValueError(f"n and repeats must be >= 1, got n={n}, repeats={repeats}")
     rows = []
     for r in range(repeats):
         for i in progress(range(n), desc=f"{label} (repeat {r + 1}/{repeats})"):
-            t0 = time.perf_counter()
+            c0, t0 = time.thread_time(), time.perf_counter()
             fn(i)
-            rows.append({"label": label, "repeat": r, "i": i, "ms": (time.perf_counter() - t0) * 1000})
+            t1, c1 = time.perf_counter(), time.thread_time()
+            rows.append({"label": label, "repeat": r, "i": i, "ms": (t1 - t0) * 1000, "cpu_ms": (c1 - c0) * 1000})
     return pd.DataFrame(rows)
 
 
@@ -135,11 +165,12 @@ def plot_distributions(df: pd.DataFrame, value: str = "ms", by: str = "label", *
         med, lo, hi = part[value].median(), part[value].quantile(0.1), part[value].quantile(0.9)
         ax.hlines(med, x - 0.3, x + 0.3, colors="crimson", linewidth=2.5, zorder=3)
         ax.vlines(x + 0.33, lo, hi, colors="crimson", linewidth=1.2, zorder=3)
-        ax.annotate(f"median {med:.3g} {unit}", (x + 0.36, med), va="center", fontsize=8, color="crimson")
+        ax.annotate(f"median {human(med, unit)}", (x + 0.36, med), va="center", fontsize=8, color="crimson")
     ax.set_xticks(range(len(groups)), groups)
     ax.set_xlim(-0.5, len(groups) - 0.5 + 0.6)
     if log:
         ax.set_yscale("log")
+    human_axis(ax.yaxis)
     ax.set_ylabel(f"{ylabel or value} ({unit})")
     n_rep = df["repeat"].nunique() if "repeat" in df else 1
     ax.set_title(title + (f"\n{len(df)} measurements, {n_rep} repeat(s); points coloured by repeat" if title else ""),
@@ -190,6 +221,9 @@ def plot_sweep(df: pd.DataFrame, x: str, y: str = "value", *, by: str | None = N
         ax.set_xscale("log")
     if logy:
         ax.set_yscale("log")
+    if not categorical:
+        human_axis(ax.xaxis)
+    human_axis(ax.yaxis)
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(ylabel or y)
     n_rep = df["repeat"].nunique() if "repeat" in df else 1

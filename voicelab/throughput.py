@@ -105,12 +105,18 @@ def consume_push(broker: Broker, queue: str, n: int, prefetch: int = 1, ack_ever
 def plot_publish_sizes(runs: pd.DataFrame, caption: str = "") -> plt.Figure:
     """Two panels against message size: messages/s and MB/s, from a sweep of :func:`publish_rate` over ``size``.
 
+    The title says what the rates are: unconfirmed publishes (``confirm=False``), which the broker
+    accepted but may not have stored yet.
+
     ``runs`` has columns ``size``, ``messages_per_s``, ``MB_per_s`` and ``repeat``.
     """
-    fig, (rate, volume) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, (rate, volume) = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, column, unit, title in [(rate, "messages_per_s", "messages/s", "Publish rate"),
                                     (volume, "MB_per_s", "MB/s", "Bytes moved")]:
         plot_sweep(runs, "size", column, logx=True, logy=True, xlabel="message size (bytes)", ylabel=unit,
                    title=title, ax=ax)
+    fig.suptitle("Publishing without confirms: what the broker accepted, not what it stored "
+                 "(notebook 05 measures confirmed publishing)", fontsize=10)
+    fig.tight_layout()
     add_caption(fig, caption)
     return fig

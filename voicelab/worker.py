@@ -30,8 +30,9 @@ def run_worker(broker: Broker, queue: str, store: BlobStore, *, kind: Kind = "cp
     job that fails is rejected without requeue: the queue's dead-letter
     exchange (see :func:`voicelab.queues.declare_job_queue`) keeps it for a
     human, and it never loops. Returns one row per message: ``job_id``,
-    ``outcome`` (``"done"`` or ``"dead-lettered"``), ``seconds`` of work,
-    ``finished`` (epoch seconds), ``error``.
+    ``outcome`` (``"done"`` or ``"dead-lettered"``), ``seconds`` of work (wall
+    time), ``cpu_seconds`` (the CPU time this thread spent on it), ``finished``
+    (epoch seconds), ``error``.
     """
     if prefetch < 0:
         raise ValueError(f"prefetch must be >= 0 (0 = unlimited), got {prefetch}")
@@ -44,7 +45,7 @@ def run_worker(broker: Broker, queue: str, store: BlobStore, *, kind: Kind = "cp
         for method, properties, body in channel.consume(queue, inactivity_timeout=idle_timeout):
             if method is None:  # idle: the queue is drained
                 break
-            t0 = time.perf_counter()
+            c0, t0 = time.thread_time(), time.perf_counter()
             row: dict[str, Any] = {"job_id": None, "outcome": "done", "error": ""}
             try:
                 job = VoiceJob.from_json(body)
@@ -55,9 +56,9 @@ def run_worker(broker: Broker, queue: str, store: BlobStore, *, kind: Kind = "cp
                 log.warning("dead-lettering message %s: %s", method.delivery_tag, e)
                 channel.basic_reject(method.delivery_tag, requeue=False)
                 row.update(outcome="dead-lettered", error=str(e))
-            row.update(seconds=time.perf_counter() - t0, finished=time.time())
+            row.update(seconds=time.perf_counter() - t0, cpu_seconds=time.thread_time() - c0, finished=time.time())
             rows.append(row)
             if max_jobs is not None and len(rows) >= max_jobs:
                 break
         channel.cancel()
-    return pd.DataFrame(rows, columns=["job_id", "outcome", "seconds", "finished", "error"])
+    return pd.DataFrame(rows, columns=["job_id", "outcome", "seconds", "cpu_seconds", "finished", "error"])

@@ -1,0 +1,216 @@
+"""Exercises of notebook 08 (the capstone).
+
+q1: fix a fragile worker. ``worker(channel, method, properties, body, process, results)`` is called for
+every delivery of a job queue (``method.routing_key``) whose dead-letter queue is ``<queue>.dlq``. It must
+parse the job (``VoiceJob.from_json``: a ``BadJob`` can never be done and belongs in the DLQ), run
+``process(job)``, store the result with ``results.apply(job.job_id, result)`` (idempotent on ``job_id``:
+a :class:`voicelab.reconnect.ResultStore`) and settle the message so that no job is lost, whatever happens.
+
+:func:`fragile_worker` acks first. The checker runs the learner's worker on the broker through faults: the
+worker process crashes in the middle of a job (:class:`WorkerCrashed`, which ``except Exception`` does not
+catch; the connection dies with it, as with a killed process), the broker force-closes the worker's
+connection (management API), and poison messages arrive. A supervisor starts a fresh worker after each
+crash. Then it counts: every job applied once with the right result, every poison message in the DLQ,
+nothing lost.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any, Callable
+
+import pika
+
+from ..broker import shared_broker
+from ..jobs import BadJob, VoiceJob
+from ..management import Management
+from ..queues import confirm_mode, declare_job_queue, dlq_name, job_properties
+from ..reconnect import CONNECTION_ERRORS, ResultStore
+from ..retry import dead_letter
+from .core import Exercise, Wrong, scratch_name
+
+JOBS = 40
+CRASH_AT = (14, 27)        # calls of process() during which the worker process dies
+CLOSE_AT = 6               # the call of process() during which the broker force-closes the connection
+POISON = (b"\x00\xffnot json", b'{"job_id": "poison-2", "user_id": 2}')
+MAX_CRASHES = 12           # then the checker stops a worker that keeps dying
+MAX_SECONDS = 20.0
+MAX_DELIVERIES = 10 * (JOBS + len(POISON))   # then the checker stops a redelivery loop
+
+
+class WorkerCrashed(BaseException):
+    """The worker process died in the middle of a job (a stand-in for SIGKILL, an OOM kill, a power cut).
+
+    A ``BaseException``, like ``SystemExit``: ``except Exception`` does not catch it, as nothing catches a kill.
+    """
+
+
+def fragile_worker(channel: Any, method: Any, properties: pika.BasicProperties, body: bytes,
+                   process: Callable[[VoiceJob], Any], results: ResultStore) -> None:
+    """The worker to fix: it acks first ("got it"), then works. Run it through the checker to see what it loses."""
+    channel.basic_ack(method.delivery_tag)
+    job = VoiceJob.from_json(body)
+    results.apply(job.job_id, process(job))
+
+
+def worker(channel: Any, method: Any, properties: pika.BasicProperties, body: bytes,
+           process: Callable[[VoiceJob], Any], results: ResultStore) -> None:
+    """Reference solution of q1: poison to the DLQ with its reason; the result stored, *then* the ack."""
+    try:
+        job = VoiceJob.from_json(body)
+    except BadJob as e:
+        dead_letter(channel, method.routing_key, method, properties, body, f"poison: {e}", attempts=1)
+        return
+    results.apply(job.job_id, process(job))   # idempotent: a redelivered job is done again, applied once
+    channel.basic_ack(method.delivery_tag)    # only now: a crash before this line means a redelivery
+
+
+def _check_worker(fn: Callable[..., Any]) -> str:
+    broker = shared_broker()
+    queue = scratch_name("capstone")
+    name = f"{queue}.worker"
+    jobs = [VoiceJob.new(f"audio/{i}.wav", user_id=i) for i in range(JOBS)]
+    good = {j.job_id for j in jobs}
+    results = ResultStore()
+    mgmt = Management(broker)
+    calls = [0]
+    crashes: list[str] = []   # why each worker died
+    closes = [0]
+
+    def process(job: VoiceJob) -> dict[str, Any]:
+        calls[0] += 1
+        time.sleep(0.002)
+        if calls[0] == CLOSE_AT:
+            closes[0] += mgmt.close_connections(name, reason="voicelab checker: forced close")
+            time.sleep(0.3)   # the close reaches the worker before its ack goes out
+        if calls[0] in CRASH_AT:
+            raise WorkerCrashed(f"worker process killed during job {job.job_id[:8]}")
+        return {"job_id": job.job_id, "user_id": job.user_id}
+
+    def on_message(ch: Any, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
+        deliveries[0] += 1
+        fn(ch, method, properties, body, process, results)
+
+    deliveries = [0]
+    left = dead = 0
+    dead_bodies: list[tuple[bytes, dict[str, Any]]] = []
+    t0 = time.monotonic()
+    try:
+        with broker.connect() as connection:
+            channel = connection.channel()
+            declare_job_queue(channel, queue)
+            confirm_mode(channel)
+            for k, body in enumerate([j.to_json() for j in jobs[:JOBS // 2]] + list(POISON)
+                                     + [j.to_json() for j in jobs[JOBS // 2:]]):
+                channel.basic_publish("", queue, body, job_properties(message_id=f"m{k}"), mandatory=True)
+        # the supervisor: one worker at a time; a fresh one after every crash or lost connection
+        idle_since = None
+        while time.monotonic() - t0 < MAX_SECONDS and len(crashes) < MAX_CRASHES and deliveries[0] < MAX_DELIVERIES:
+            connection = broker.connect(client_properties={"connection_name": name}, heartbeat=10)
+            try:
+                channel = connection.channel()
+                channel.basic_qos(prefetch_count=5)
+                channel.basic_consume(queue, on_message)
+                if calls[0] < CLOSE_AT:   # the management API must list the connection before it can close it
+                    while time.monotonic() - t0 < 10 and not [
+                            c for c in mgmt.get("connections")
+                            if (c.get("client_properties") or {}).get("connection_name") == name]:
+                        time.sleep(0.1)
+                seen = -1
+                while time.monotonic() - t0 < MAX_SECONDS and deliveries[0] < MAX_DELIVERIES:
+                    connection.process_data_events(time_limit=0.05)
+                    if deliveries[0] != seen:
+                        seen, idle_since = deliveries[0], time.monotonic()
+                    elif time.monotonic() - idle_since > 0.6:
+                        break
+                else:
+                    continue
+                break   # idle: the queue gave nothing for 0.6 s
+            except NotImplementedError:
+                raise
+            except WorkerCrashed as e:
+                crashes.append(str(e))
+            except CONNECTION_ERRORS as e:
+                crashes.append(f"connection lost: {type(e).__name__}")
+            except Exception as e:   # the learner's code raised: that kills a real worker process too
+                crashes.append(f"your worker raised {type(e).__name__}: {e}")
+            finally:
+                if connection.is_open:
+                    try:
+                        connection.close()   # like a dead process: the broker requeues what was not acked
+                    except CONNECTION_ERRORS:
+                        pass
+        with broker.connect() as connection:
+            channel = connection.channel()
+            left = int(channel.queue_declare(queue, passive=True).method.message_count)
+            while True:
+                m, props, body = channel.basic_get(dlq_name(queue), auto_ack=True)
+                if m is None:
+                    break
+                dead_bodies.append((body, dict(props.headers or {})))
+            dead = len(dead_bodies)
+    finally:
+        mgmt.close()
+        with broker.connect() as connection:
+            channel = connection.channel()
+            channel.queue_delete(queue)
+            channel.queue_delete(dlq_name(queue))
+
+    in_dlq = Counter(body for body, _ in dead_bodies)
+    done = {j for j in good if results.result(j) is not None}
+    good_dead = [j for j in jobs if j.to_json() in in_dlq]
+    lost = [j for j in jobs if j.job_id not in done and j.to_json() not in in_dlq]
+    poison_out = [p for p in POISON if p not in in_dlq]
+    worker_raised = [c for c in crashes if c.startswith("your worker raised")]
+    if len(crashes) >= MAX_CRASHES:
+        raise Wrong(f"your worker died {len(crashes)} times and the checker stopped it; the last: {crashes[-1]}. "
+                    f"A message that can never be done (BadJob) crashes it at every redelivery: catch it and put "
+                    f"it in the DLQ")
+    if deliveries[0] >= MAX_DELIVERIES:
+        raise Wrong(f"the queue delivered {deliveries[0]} times for {JOBS + len(POISON)} messages and never settled: "
+                    f"a message your worker requeues (basic_nack/basic_reject with requeue=True) comes straight back; "
+                    f"one that can never be done (BadJob) belongs in the DLQ")
+    if lost and left == 0:
+        raise Wrong(f"{len(lost)} of {JOBS} jobs were lost: never applied, not in the queue, not in the DLQ. "
+                    f"The worker died in the middle of {len(CRASH_AT)} jobs ({'; '.join(crashes[:3])}), and the "
+                    f"broker had already been told they were done: a job acked before its result is stored is "
+                    f"gone when the worker dies. Ack only after results.apply(...)")
+    if good_dead:
+        raise Wrong(f"{len(good_dead)} good job(s) ended in the DLQ (e.g. {good_dead[0].job_id[:8]}): only a "
+                    f"message that can never be done belongs there; a job whose connection died is redelivered "
+                    f"by the broker, do not reject it")
+    if poison_out:
+        where = "still in the queue" if left else "acked and dropped"
+        raise Wrong(f"{len(poison_out)} poison message(s) are not in the DLQ ({where}), e.g. {poison_out[0][:20]!r}"
+                    + (f"; your worker raised on them: {worker_raised[0]}" if worker_raised else "")
+                    + ". A body VoiceJob.from_json refuses (BadJob) goes to <queue>.dlq: "
+                      "basic_reject(requeue=False), or publish it there with a reason and ack")
+    if lost or left:
+        raise Wrong(f"{len(lost)} of {JOBS} jobs were not done and {left} message(s) are still in the queue after "
+                    f"{len(crashes)} worker restarts: every delivery must end acked after its result is stored, "
+                    f"or in the DLQ")
+    wrong = [j for j in jobs if results.result(j.job_id) != {"job_id": j.job_id, "user_id": j.user_id}]
+    if wrong:
+        raise Wrong(f"{len(wrong)} job(s) have a stored result that is not what process(job) returned: "
+                    f"call results.apply(job.job_id, process(job))")
+    twice = sum(1 for j in good if results.handled[j] >= 2)
+    faults = [c for c in crashes if not c.startswith("your worker raised")]
+    return (f"{JOBS} jobs through {len(faults)} faults ({closes[0]} forced close, {len(CRASH_AT)} worker crashes "
+            f"mid-job): all {JOBS} applied once ({twice} done twice, applied once), {dead} poison message(s) in the "
+            f"DLQ, none lost.")
+
+
+q1 = Exercise(
+    "ch08.q1", "a worker that loses nothing",
+    _check_worker,
+    hints=[
+        """An ack tells the broker it may forget the message. What happens to a job the broker has forgotten if
+        the worker dies before its result is stored? And where should a message go that can never be done?""",
+        """Parse first: job = VoiceJob.from_json(body); on BadJob, channel.basic_reject(method.delivery_tag,
+        requeue=False) (the queue's dead-letter exchange sends it to the DLQ) or voicelab.retry.dead_letter(...)
+        to keep the reason. Then results.apply(job.job_id, process(job)), and only then
+        channel.basic_ack(method.delivery_tag). A redelivered job is done again, but apply() applies it once.""",
+    ],
+    solution=worker,
+)

@@ -1,0 +1,733 @@
+"""The capstone: the voice service end to end, run through chaos, every job accounted for.
+
+Glue around what the earlier chapters built, nothing more:
+
+- :class:`VoiceService`: an upload stores the audio in the blob store and publishes a job that carries its key
+  (:func:`voicelab.uploads.upload_queued`) to a quorum queue with a dead-letter queue, through
+  :class:`voicelab.publishing.ReliablePublisher` (confirmed, persistent, republished after a lost connection),
+  and answers at once with the job id. :meth:`VoiceService.status` looks a job up by its id;
+  :meth:`VoiceService.upload_and_wait` waits for the result, with a timeout, through Direct Reply-to.
+- :class:`Fleet`: worker *processes*, each running ``threads`` :class:`PipelineConsumer` threads. A
+  :class:`PipelineConsumer` is notebook 06's :class:`voicelab.reconnect.ReconnectingConsumer` (backoff,
+  jitter, idempotent results) that also dead-letters what can never be done, with its reason
+  (:func:`voicelab.retry.dead_letter`), and answers a caller who waits. A dead process is replaced.
+- :class:`ResultFiles`: the results in the blob store (``results/<job_id>.json``, as :func:`voicelab.jobs.load_result`
+  reads them), each applied at most once across processes: a hard link either creates the file or fails.
+- :func:`run_chaos`: N uploads while :data:`CHAOS` happens, sampled for :func:`plot_dashboard`, then the
+  accounting: every job done with its effect applied once, or in the DLQ with its reason; lost counted.
+
+Example::
+
+    from voicelab.broker import own_broker
+    with own_broker() as broker, BlobStore.temporary() as blobs:
+        run = run_chaos(broker, blobs, n=2000)
+        run.counts["lost"]            # 0
+        plot_dashboard(run, caption=broker_caption(broker))
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+import pika
+import pika.exceptions
+
+from .broker import Broker, UrlBroker
+from .jobs import BadJob, BlobStore, VoiceJob, load_result, process_job, synth_speech, wav_bytes
+from .publishing import PublishReport, ReliablePublisher
+from .queues import confirm_mode, declare_job_queue, dlq_name, job_properties
+from .reconnect import ReconnectingConsumer
+from .retry import dead_letter, job_key
+from .uploads import upload_queued
+
+if TYPE_CHECKING:  # not at run time: worker processes import this module
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+REPLY_TO = "amq.rabbitmq.reply-to"
+"""Direct Reply-to's pseudo-queue: consume it (auto-ack) and publish on the same channel; no queue is declared."""
+WORKER_PREFIX = "voicelab-pipeline-worker"
+"""``connection_name`` prefix of every worker connection (the management API finds them by it)."""
+DELIVERY_LIMIT = 20
+"""``x-delivery-limit`` of the job queue: the 4.x default, set so that 3.10 stops a crash loop too."""
+
+CHAOS: tuple[tuple[float, str], ...] = (
+    (0.10, "kill a worker process"),
+    (0.25, "force-close connections"),
+    (0.40, "inject poison messages"),
+    (0.55, "restart the broker"),
+    (0.75, "kill -9 the broker, start it"),
+)
+"""The chaos schedule of :func:`run_chaos`: each event once the given fraction of the jobs is done."""
+
+
+def declare_service_queue(channel: Any, queue: str) -> int:
+    """The job queue: a quorum queue (durable, replicated log) with ``<queue>.dlq`` and a delivery limit."""
+    return declare_job_queue(channel, queue, arguments={"x-queue-type": "quorum", "x-delivery-limit": DELIVERY_LIMIT})
+
+
+# ---------------------------------------------------------------------------
+# Results, applied at most once across processes; and the workers' event logs
+# ---------------------------------------------------------------------------
+
+class ResultFiles:
+    """Results by ``job_id`` in a :class:`~voicelab.jobs.BlobStore`, applied at most once, from any process.
+
+    :meth:`apply` writes the result to a temporary file and hard-links it to
+    ``results/<job_id>.json``: the link is atomic and fails when the file
+    exists, so of two workers that finish the same job (a redelivery) exactly
+    one applies it, and a reader never sees half a result. The same interface
+    as :class:`voicelab.reconnect.ResultStore`, which holds results in one process only.
+
+    >>> blobs = BlobStore.temporary()
+    >>> results = ResultFiles(blobs)
+    >>> results.apply("j1", {"ok": 1}), results.apply("j1", {"ok": 2}), results.result("j1"), results.applied
+    (True, False, {'ok': 1}, 1)
+    >>> blobs.close()
+    """
+
+    def __init__(self, blobs: BlobStore) -> None:
+        self.blobs = blobs
+        self.folder = blobs.root / "results"
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def apply(self, job_id: str, result: Any) -> bool:
+        """Store ``result`` for ``job_id`` unless one is there; True if this call applied it."""
+        path = self.blobs._path(f"results/{job_id}.json")   # refuses a job_id that escapes the store
+        tmp = path.with_name(f".{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(json.dumps(result, sort_keys=True).encode())
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def result(self, job_id: str) -> Any:
+        """The result applied for ``job_id``, or None."""
+        return load_result(self.blobs, job_id)
+
+    @property
+    def applied(self) -> int:
+        """How many results are stored."""
+        return sum(1 for _ in self.folder.glob("*.json"))
+
+
+class EventLog:
+    """Lines ``<unix time> <event> <key>`` appended by the threads of one worker process (one write per line)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._file = open(path, "a", buffering=1)
+        self._lock = threading.Lock()
+
+    def write(self, event: str, key: str = "") -> None:
+        with self._lock:
+            self._file.write(f"{time.time():.3f} {event} {key}\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class LogTail:
+    """Reads the complete new lines of every ``*.log`` in a folder, file by file; a killed writer's last,
+    half-written line is skipped."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._offsets: dict[Path, int] = {}
+
+    def read(self) -> list[tuple[float, str, str]]:
+        out = []
+        for path in sorted(self.folder.glob("*.log")):
+            start = self._offsets.get(path, 0)
+            with open(path, "rb") as f:
+                f.seek(start)
+                data = f.read()
+            end = data.rfind(b"\n") + 1
+            self._offsets[path] = start + end
+            for line in data[:end].decode(errors="replace").splitlines():
+                parts = line.split(" ", 2)
+                try:
+                    out.append((float(parts[0]), parts[1], parts[2] if len(parts) > 2 else ""))
+                except (IndexError, ValueError):
+                    continue
+        return out
+
+
+# ---------------------------------------------------------------------------
+# The worker: notebook 06's reconnecting consumer, plus dead letters with a reason and replies
+# ---------------------------------------------------------------------------
+
+class PipelineConsumer(ReconnectingConsumer):
+    """A :class:`~voicelab.reconnect.ReconnectingConsumer` for the service.
+
+    For each delivery: parse the job and do it; a message that can never be
+    done (not a job: :class:`~voicelab.jobs.BadJob`; its audio missing:
+    ``KeyError``; audio that is not 16-bit mono WAV: ``ValueError``) goes to
+    ``<queue>.dlq`` with the reason, confirmed, then acked
+    (:func:`voicelab.retry.dead_letter`). A result is applied to the store
+    (idempotent on ``job_id``), sent to the caller if one waits (``reply_to``),
+    and only then the message is acked. ``log`` gets one line per outcome.
+    """
+
+    def __init__(self, *args: Any, log: EventLog | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.log = log
+        self._replies: Any = None
+
+    def _event(self, event: str, key: str) -> None:
+        if self.log is not None:
+            self.log.write(event, key)
+
+    def _on_message(self, channel: Any, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
+        try:
+            job = VoiceJob.from_json(body)
+            result = self.work(job)
+        except (BadJob, KeyError, ValueError) as e:
+            reason = f"poison: {e}" if isinstance(e, BadJob) else f"cannot be done: {type(e).__name__}: {e}"
+            dead_letter(channel, self.queue, method, properties, body, reason, attempts=1)  # confirmed, then acked
+            self._event("dead-lettered", job_key(properties, body))
+            return
+        applied = self.store.apply(job.job_id, result)   # a redelivered job is done again, not applied again
+        self._event("applied" if applied else "duplicate", job.job_id)
+        if properties.reply_to:
+            self._reply(channel, properties, result)
+        if self.before_ack is not None:
+            self.before_ack(job)
+        channel.basic_ack(method.delivery_tag)
+
+    def _reply(self, channel: Any, properties: pika.BasicProperties, result: Any) -> None:
+        """Send the result to the caller's Direct Reply-to address, on a channel of its own: a caller that gave
+        up and left makes that address invalid, and whatever the broker does about it must not hit the
+        channel that holds the unacked jobs."""
+        try:
+            if self._replies is None or not self._replies.is_open or self._replies.connection is not channel.connection:
+                self._replies = channel.connection.channel()
+            self._replies.basic_publish("", properties.reply_to, json.dumps(result).encode(),
+                                        pika.BasicProperties(correlation_id=properties.correlation_id,
+                                                             content_type="application/json"))
+        except (pika.exceptions.ChannelClosedByBroker, pika.exceptions.ChannelWrongStateError):
+            self._replies = None
+            self._event("reply-failed", str(properties.correlation_id))
+
+
+def _worker_main(url: str, queue: str, blob_root: str, log_path: str, slot: int, threads: int, prefetch: int,
+                 effort: int, ready: Any, stop: Any) -> None:
+    """Child process: ``threads`` consumers; log their connections and errors; stop when ``stop`` is set."""
+    broker = UrlBroker(url)
+    blobs = BlobStore(blob_root)
+    results = ResultFiles(blobs)
+    log = EventLog(log_path)
+
+    def work(job: VoiceJob) -> dict[str, Any]:
+        return process_job(job, blobs, effort=effort)
+
+    consumers = [PipelineConsumer(broker.parameters(), queue, work, results, name=f"{WORKER_PREFIX}-{slot}-{t}",
+                                  prefetch=prefetch, deadline=120, log=log).start() for t in range(threads)]
+    seen = [(0, 0)] * threads
+    announced = False
+    while not stop.is_set():
+        for i, c in enumerate(consumers):
+            connections, errors = c.connections, len(c.reconnects)
+            for _ in range(errors - seen[i][1]):
+                log.write("connection-error", c.name)
+            for _ in range(connections - seen[i][0]):
+                log.write("connected", c.name)
+            seen[i] = (connections, errors)
+        if not announced and all(c.connected.is_set() for c in consumers):
+            ready.release()
+            announced = True
+        stop.wait(0.05)
+    for c in consumers:
+        c.stop()
+    log.close()
+
+
+class Fleet:
+    """``processes`` worker processes of ``threads`` consumers each; :meth:`supervise` replaces dead ones.
+
+    Example::
+
+        with Fleet(broker, "voice08", blobs, processes=2, threads=2) as fleet:
+            fleet.kill(0)          # SIGKILL worker process 0
+            fleet.supervise()      # [0]: replaced
+    """
+
+    def __init__(self, broker: Broker, queue: str, blobs: BlobStore, *, processes: int = 2, threads: int = 2,
+                 prefetch: int = 10, effort: int = 2, log_dir: str | Path | None = None) -> None:
+        if processes < 1 or threads < 1 or prefetch < 1:
+            raise ValueError(f"processes, threads and prefetch must be >= 1, got {processes}, {threads}, {prefetch}")
+        self.broker, self.queue, self.blobs = broker, queue, blobs
+        self.processes, self.threads, self.prefetch, self.effort = processes, threads, prefetch, effort
+        self.log_dir = Path(log_dir) if log_dir else blobs.root / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._ctx = multiprocessing.get_context("spawn")
+        self._stop = self._ctx.Event()
+        self._ready = self._ctx.Semaphore(0)
+        self.workers: dict[int, Any] = {}
+        self.incarnations: Counter[int] = Counter()
+        self.replaced: list[dict[str, Any]] = []   # {"time": unix s, "slot", "exitcode"}
+
+    def _spawn(self, slot: int) -> None:
+        n = self.incarnations[slot]
+        self.incarnations[slot] += 1
+        path = self.log_dir / f"worker-{slot}-{n}.log"
+        p = self._ctx.Process(target=_worker_main, daemon=True, name=f"voicelab-worker-{slot}",
+                              args=(self.broker.amqp_url, self.queue, str(self.blobs.root), str(path), slot,
+                                    self.threads, self.prefetch, self.effort, self._ready, self._stop))
+        p.start()
+        self.workers[slot] = p
+
+    def start(self, timeout: float = 60.0) -> "Fleet":
+        """Start every worker process and wait until all their consumers are connected."""
+        for slot in range(self.processes):
+            self._spawn(slot)
+        for _ in range(self.processes):
+            if not self._ready.acquire(timeout=timeout):
+                self.stop()
+                raise RuntimeError(f"a worker process did not connect within {timeout:g} s")
+        return self
+
+    def kill(self, slot: int = 0) -> int:
+        """SIGKILL worker process ``slot`` (no clean-up, no goodbye to the broker); return its pid."""
+        pid = self.workers[slot].pid
+        os.kill(pid, signal.SIGKILL)
+        return int(pid)
+
+    def supervise(self) -> list[int]:
+        """Replace every worker process that died; return their slots."""
+        if self._stop.is_set():
+            return []
+        out = []
+        for slot, p in list(self.workers.items()):
+            if not p.is_alive():
+                p.join(1)
+                self.replaced.append({"time": time.time(), "slot": slot, "exitcode": p.exitcode})
+                self._spawn(slot)
+                out.append(slot)
+        return out
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Ask every worker to finish its current job and leave; kill those that do not within ``timeout``."""
+        self._stop.set()
+        for p in self.workers.values():
+            p.join(timeout)
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+    def __enter__(self) -> "Fleet":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------------------
+# The service
+# ---------------------------------------------------------------------------
+
+class VoiceService:
+    """Uploads, status by job id, and waiting for a result: the service a user talks to.
+
+    Example::
+
+        service = VoiceService(broker, BlobStore.temporary(), queue="voice08")
+        service.declare()
+        with service.fleet(processes=2, threads=2):
+            reply = service.upload(audio, user_id=7)      # {'status': 'processing', 'job_id': ..., ...}
+            service.status(reply["job_id"])               # {'status': 'pending'} ... then {'status': 'done', ...}
+            service.upload_and_wait(audio, 7, timeout=5)  # {'status': 'done', 'result': {...}, 'waited_s': ...}
+    """
+
+    def __init__(self, broker: Broker, blobs: BlobStore, queue: str = "voice08", *, effort: int = 2,
+                 publish_deadline: float = 90.0) -> None:
+        self.broker, self.blobs, self.queue, self.effort = broker, blobs, queue, effort
+        self.publish_deadline = publish_deadline
+        self.results = ResultFiles(blobs)
+
+    def declare(self, fresh: bool = False) -> None:
+        """Declare the quorum job queue and its DLQ (deleted first if ``fresh``)."""
+        with self.broker.connect() as connection:
+            channel = connection.channel()
+            if fresh:
+                channel.queue_delete(self.queue)
+                channel.queue_delete(dlq_name(self.queue))
+            declare_service_queue(channel, self.queue)
+
+    def delete(self) -> None:
+        """Delete the job queue and its DLQ."""
+        with self.broker.connect() as connection:
+            channel = connection.channel()
+            channel.queue_delete(self.queue)
+            channel.queue_delete(dlq_name(self.queue))
+
+    def fleet(self, **kwargs: Any) -> Fleet:
+        """A :class:`Fleet` on this service's queue and blob store (start it, or use it in ``with``)."""
+        return Fleet(self.broker, self.queue, self.blobs, effort=self.effort, **kwargs)
+
+    def _publisher(self) -> ReliablePublisher:
+        return ReliablePublisher(self.broker.parameters(), window=256, deadline=self.publish_deadline)
+
+    def _enqueue(self, channel: Any, queue: str, job: VoiceJob) -> PublishReport:
+        return self._publisher().publish(queue, [job.to_json()], properties=job_properties())
+
+    def upload(self, audio: bytes, user_id: int) -> dict[str, Any]:
+        """Store the audio, publish the job (confirmed), answer with its id: notebook 00's queued upload."""
+        return upload_queued(audio, self.blobs, None, self.queue, user_id, enqueue=self._enqueue)  # type: ignore[arg-type]
+
+    def upload_many(self, uploads: Iterable[tuple[bytes, int]]) -> tuple[list[VoiceJob], PublishReport]:
+        """Many uploads in one publishing run (a window of confirms); the jobs and the publisher's report."""
+        jobs = [VoiceJob.new(self.blobs.put(audio), user_id) for audio, user_id in uploads]
+        report = self._publisher().publish(self.queue, [j.to_json() for j in jobs], properties=job_properties())
+        return jobs, report
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        """``{'status': 'done', 'result': ...}`` once a worker stored the result, else ``{'status': 'pending'}``."""
+        result = self.results.result(job_id)
+        if result is None:
+            return {"job_id": job_id, "status": "pending"}
+        return {"job_id": job_id, "status": "done", "result": result}
+
+    def upload_and_wait(self, audio: bytes, user_id: int, timeout: float = 10.0) -> dict[str, Any]:
+        """Upload, then wait up to ``timeout`` s for the result: the RPC pattern with Direct Reply-to.
+
+        Consume ``amq.rabbitmq.reply-to`` (auto-ack) *before* publishing, and publish the job on the same
+        channel with ``reply_to`` and ``correlation_id``: the worker's reply comes straight to this channel.
+        On timeout the job goes on; the answer is ``{'status': 'pending', 'job_id': ...}`` for :meth:`status`.
+        """
+        job = VoiceJob.new(self.blobs.put(audio), user_id)
+        t0 = time.perf_counter()
+        replies: list[bytes] = []
+        with self.broker.connect() as connection:
+            channel = connection.channel()
+
+            def on_reply(ch: Any, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
+                if properties.correlation_id == job.job_id:
+                    replies.append(body)
+
+            channel.basic_consume(REPLY_TO, on_reply, auto_ack=True)
+            confirm_mode(channel)
+            channel.basic_publish("", self.queue, job.to_json(),
+                                  job_properties(reply_to=REPLY_TO, correlation_id=job.job_id), mandatory=True)
+            deadline = t0 + timeout
+            while not replies and time.perf_counter() < deadline:
+                connection.process_data_events(time_limit=min(0.05, max(0.0, deadline - time.perf_counter())))
+        waited = time.perf_counter() - t0
+        if not replies:
+            return {"job_id": job.job_id, "status": "pending", "waited_s": waited}
+        return {"job_id": job.job_id, "status": "done", "result": json.loads(replies[0]), "waited_s": waited}
+
+
+# ---------------------------------------------------------------------------
+# Chaos, sampled and accounted for
+# ---------------------------------------------------------------------------
+
+POISON_BODIES: tuple[tuple[str, Callable[[int], bytes]], ...] = (
+    ("not JSON", lambda i: b"\x00\xffnot json at all"),
+    ("a field missing", lambda i: json.dumps({"job_id": f"poison-field-{i}", "user_id": i}).encode()),
+    ("audio missing", lambda i: VoiceJob(f"poison-audio-{i}", "audio/never-uploaded.wav", i).to_json()),
+)
+"""The poison :func:`run_chaos` injects: kind, and the body of the ``i``-th of that kind."""
+
+
+@dataclass
+class ChaosRun:
+    """What :func:`run_chaos` did: samples over time, the chaos events, one row per job, and the counts."""
+
+    samples: "pd.DataFrame"
+    events: "pd.DataFrame"
+    jobs: "pd.DataFrame"
+    counts: dict[str, int]
+    seconds: float
+    publisher: dict[str, int] = field(default_factory=dict)
+
+
+def _poison(broker: Broker, queue: str, per_kind: int) -> dict[str, str]:
+    """Publish ``per_kind`` messages of each poison kind, confirmed; their keys (message ids) -> kind."""
+    keys = {}
+    with broker.connect() as connection:
+        channel = connection.channel()
+        confirm_mode(channel)
+        for kind, body in POISON_BODIES:
+            for i in range(per_kind):
+                raw = body(i)
+                key = f"poison-{kind.replace(' ', '-')}-{i}"
+                channel.basic_publish("", queue, raw, job_properties(message_id=key), mandatory=True)
+                keys[job_key(pika.BasicProperties(message_id=key), raw)] = kind
+    return keys
+
+
+def run_chaos(broker: Broker, blobs: BlobStore, n: int = 2000, *, queue: str = "chaos08", processes: int = 2,
+              threads: int = 2, prefetch: int = 10, effort: int = 2, clips: int = 12, clip_seconds: float = 0.5,
+              poison_per_kind: int = 3, schedule: tuple[tuple[float, str], ...] = CHAOS, every: float = 0.25,
+              timeout: float | None = None, progress: bool = True) -> ChaosRun:
+    """Upload ``n`` jobs to the service while ``schedule`` happens to it; account for every job.
+
+    Uploads come in batches through the reliable publisher while at most ``max(200, n // 10)`` jobs wait, so
+    that publishing goes on through the faults. The fleet (``processes`` x ``threads`` consumers) does the real
+    signal work on ``clips`` distinct recordings. Each chaos event fires once the given fraction of the jobs is
+    done; a dead worker process is replaced at once. Sampled every ``every`` s: jobs done, uploads confirmed,
+    queue depths (passive declare; none while the broker is down), connection errors, reconnections, worker
+    processes lost and replaced. Needs a broker voicelab controls (:func:`voicelab.broker.own_broker`).
+
+    The accounting (``jobs``, ``counts``): every uploaded job is ``done`` (its result stored once, equal to the
+    result computed without any queue) or ``dead-lettered`` (with the reason from the DLQ) or ``lost``; every
+    poison message is in the DLQ or lost; ``applied`` counts the workers' "applied" lines per job (a link
+    that created the result), ``handled`` every time a worker finished it.
+    """
+    import pandas as pd
+
+    from .deadletters import list_dead_letters
+    from .management import Management
+    from .measure import progress as bar
+
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    known = {name for _, name in CHAOS}
+    if any(name not in known for _, name in schedule):
+        raise ValueError(f"schedule events must be among {sorted(known)}, got {schedule!r}")
+    if any(name in ("restart the broker", "kill -9 the broker, start it") for _, name in schedule) \
+            and not broker.can_control:
+        raise ValueError("restarting or killing the broker needs a broker voicelab started (own_broker())")
+    timeout = timeout if timeout is not None else 120 + n / 50
+    service = VoiceService(broker, blobs, queue, effort=effort)
+    service.declare(fresh=True)
+    audio = [wav_bytes(synth_speech(clip_seconds, seed=s)) for s in range(clips)]
+    features = {}
+    for a in audio:
+        probe = VoiceJob("probe", blobs.put(a), 0)
+        features[probe.blob_key] = {k: v for k, v in process_job(probe, blobs, effort=effort).items()
+                                    if k not in ("job_id", "user_id")}
+    uploads = [(audio[i % clips], i) for i in range(n)]
+    batch, backlog = max(50, n // 50), max(200, n // 10)
+    log_dir = blobs.root / f"logs-{queue}"
+    fleet = service.fleet(processes=processes, threads=threads, prefetch=prefetch, log_dir=log_dir)
+    mgmt = Management(broker)
+    tail = LogTail(log_dir)
+    stop = threading.Event()
+    state: dict[str, Any] = {"done": 0, "sent": 0, "confirmed": 0, "republished": 0, "publisher reconnects": 0,
+                             "error": None, "poison": {}}
+    uploaded: list[VoiceJob] = []
+    events: list[dict[str, Any]] = []
+
+    fleet.start()
+    t0 = time.time()
+
+    def publish_loop() -> None:
+        try:
+            while state["sent"] < n and not stop.is_set():
+                if state["sent"] - state["done"] >= backlog:
+                    time.sleep(0.02)
+                    continue
+                chunk = uploads[state["sent"]:state["sent"] + batch]
+                jobs, report = service.upload_many(chunk)
+                uploaded.extend(jobs)
+                state["sent"] += len(chunk)
+                state["confirmed"] += len(report.confirmed)
+                state["republished"] += report.republished
+                state["publisher reconnects"] += report.reconnects
+        except Exception as e:   # BrokerGone, PublishFailed: counted below as jobs never uploaded
+            state["error"] = e
+
+    def chaos_loop() -> None:
+        try:
+            for fraction, name in schedule:
+                while state["done"] < fraction * n:
+                    if stop.wait(0.02):
+                        return
+                start = time.time()
+                if name == "kill a worker process":
+                    detail = f"SIGKILL worker process {fleet.kill(0)}"
+                elif name == "force-close connections":
+                    closed = mgmt.close_connections(WORKER_PREFIX, reason="voicelab chaos")
+                    detail = f"{closed} worker connections closed by the broker"
+                elif name == "inject poison messages":
+                    state["poison"] = _poison(broker, queue, poison_per_kind)
+                    detail = f"{len(state['poison'])} poison messages"
+                elif name == "restart the broker":
+                    broker.restart()
+                    detail = "graceful restart"
+                else:
+                    broker.kill()
+                    broker.start()
+                    detail = "SIGKILL, then start"
+                end = time.time()
+                events.append({"event": name, "t": start - t0, "t_end": end - t0, "seconds": end - start,
+                               "at_done": state["done"], "detail": detail})
+        except Exception as e:
+            state["error"] = e
+
+    threads_ = [threading.Thread(target=publish_loop, daemon=True, name="voicelab-uploads"),
+                threading.Thread(target=chaos_loop, daemon=True, name="voicelab-chaos")]
+    for th in threads_:
+        th.start()
+
+    finished: set[str] = set()
+    dead_keys: set[str] = set()
+    tallies: Counter[str] = Counter()
+    handled: Counter[str] = Counter()
+    applied: Counter[str] = Counter()
+    samples: list[dict[str, Any]] = []
+    probe_conn: Any = None
+    progress_bar = bar(range(n), desc="chaos run", total=n) if progress else None
+    shown = 0
+    try:
+        while True:
+            for slot in fleet.supervise():
+                tallies["worker processes replaced"] += 1
+            for stamp, event, key in tail.read():
+                tallies[event] += 1
+                if event in ("applied", "duplicate"):
+                    finished.add(key)
+                    handled[key] += 1
+                    if event == "applied":
+                        applied[key] += 1
+                elif event == "dead-lettered":
+                    dead_keys.add(key)
+            state["done"] = len(finished)
+            depth = dlq = float("nan")
+            try:
+                if probe_conn is None or not probe_conn.is_open:
+                    probe_conn = broker.connect(connection_attempts=1, socket_timeout=0.5, stack_timeout=1)
+                ch = probe_conn.channel()
+                depth = ch.queue_declare(queue, passive=True).method.message_count
+                dlq = ch.queue_declare(dlq_name(queue), passive=True).method.message_count
+                ch.close()
+            except Exception:   # the broker is down or restarting: no figure this time
+                probe_conn = None
+            samples.append({"t": time.time() - t0, "done": state["done"], "confirmed": state["confirmed"],
+                            "ready": depth, "dlq": dlq, "dead-lettered": len(dead_keys),
+                            "connection errors": tallies["connection-error"],
+                            "connections": tallies["connected"],
+                            "workers lost": len(fleet.replaced),
+                            "workers replaced": tallies["worker processes replaced"]})
+            if progress_bar is not None:
+                progress_bar.update(state["done"] - shown)   # type: ignore[attr-defined]
+                shown = state["done"]
+            chaos_over = not threads_[1].is_alive()
+            poison_done = set(state["poison"]) <= dead_keys
+            if (state["done"] >= n and chaos_over and poison_done) or state["error"] is not None:
+                break
+            if time.time() - t0 > timeout:
+                break
+            time.sleep(every)
+    finally:
+        stop.set()
+        for th in threads_:
+            th.join(120)
+        fleet.stop()
+        mgmt.close()
+        if progress_bar is not None:
+            progress_bar.close()   # type: ignore[attr-defined]
+        if probe_conn is not None and probe_conn.is_open:
+            probe_conn.close()
+    seconds = time.time() - t0
+    for stamp, event, key in tail.read():   # what the workers wrote while they stopped
+        if event in ("applied", "duplicate"):
+            handled[key] += 1
+            applied[key] += event == "applied"
+        elif event == "dead-lettered":
+            dead_keys.add(key)
+
+    with broker.connect() as connection:
+        channel = connection.channel()
+        left = int(channel.queue_declare(queue, passive=True).method.message_count)
+        letters = list_dead_letters(channel, queue, limit=10 ** 6)
+    reasons: dict[str, str] = {}
+    dead_twice: Counter[str] = Counter()
+    for d in letters:
+        reasons.setdefault(d.job, d.reason)
+        dead_twice[d.job] += 1
+    rows = []
+    for job in uploaded:
+        status = service.status(job.job_id)
+        expected = {"job_id": job.job_id, "user_id": job.user_id, **features[job.blob_key]}
+        outcome = "done" if status["status"] == "done" else "dead-lettered" if job.job_id in reasons else "lost"
+        rows.append({"job": job.job_id, "kind": "upload", "outcome": outcome, "handled": handled[job.job_id],
+                     "applied": applied[job.job_id], "right": status.get("result") == expected if outcome == "done"
+                     else None, "reason": reasons.get(job.job_id, "")})
+    for key, kind in state["poison"].items():
+        rows.append({"job": key, "kind": f"poison: {kind}", "outcome": "dead-lettered" if key in reasons else "lost",
+                     "handled": 0, "applied": 0, "right": None, "reason": reasons.get(key, "")})
+    jobs = pd.DataFrame(rows, columns=["job", "kind", "outcome", "handled", "applied", "right", "reason"])
+    up = jobs[jobs["kind"] == "upload"]
+    poison = jobs[jobs["kind"] != "upload"]
+    counts = {
+        "uploads": n,
+        "uploads confirmed": int(state["confirmed"]),
+        "never uploaded": n - len(uploaded),
+        "done": int((up["outcome"] == "done").sum()),
+        "done, applied once": int(((up["outcome"] == "done") & (up["applied"] <= 1)).sum()),
+        "handled twice or more, applied once": int(((up["outcome"] == "done") & (up["handled"] >= 2)
+                                                    & (up["applied"] <= 1)).sum()),
+        "applied twice": int((up["applied"] >= 2).sum()),
+        "wrong results": int((up["right"] == False).sum()),  # noqa: E712
+        "uploads dead-lettered": int((up["outcome"] == "dead-lettered").sum()),
+        "poison sent": len(poison),
+        "poison in DLQ with reason": int(((poison["outcome"] == "dead-lettered") & (poison["reason"] != "")).sum()),
+        "dead-lettered twice": sum(1 for c in dead_twice.values() if c > 1),
+        "lost": int((jobs["outcome"] == "lost").sum()) + (n - len(uploaded)),
+        "left in queue": left,
+    }
+    if state["error"] is not None and counts["lost"]:
+        counts["error"] = f"{type(state['error']).__name__}: {state['error']}"   # type: ignore[assignment]
+    publisher = {k: int(state[k]) for k in ("sent", "confirmed", "republished", "publisher reconnects")}
+    return ChaosRun(samples=pd.DataFrame(samples), events=pd.DataFrame(events, columns=[
+        "event", "t", "t_end", "seconds", "at_done", "detail"]), jobs=jobs, counts=counts, seconds=seconds,
+        publisher=publisher)
+
+
+def plot_dashboard(run: ChaosRun, caption: str = "") -> "plt.Figure":
+    """Throughput, queue depth, failures and recoveries against time; chaos events as vertical lines,
+    broker outages shaded."""
+    import matplotlib.pyplot as plt
+
+    from .measure import add_caption
+
+    s = run.samples
+    dt = s["t"].diff()
+    fig, axes = plt.subplots(3, 1, figsize=(9, 8.2), sharex=True)
+    ax = axes[0]
+    ax.plot(s["t"], s["done"].diff() / dt, color="tab:blue", label="jobs done (results stored) /s")
+    ax.plot(s["t"], s["confirmed"].diff() / dt, color="tab:gray", alpha=0.7, label="uploads confirmed /s")
+    ax.set_ylabel("jobs/s")
+    ax.set_title(f"{run.counts['uploads']} uploads through chaos: done {run.counts['done']}, "
+                 f"poison in DLQ {run.counts['poison in DLQ with reason']}, lost {run.counts['lost']}", fontsize=10)
+    ax = axes[1]
+    ax.plot(s["t"], s["ready"], color="tab:orange", label="job queue: ready")
+    ax.plot(s["t"], s["dlq"], color="crimson", label="DLQ: ready")
+    ax.set_ylabel("messages")
+    ax = axes[2]
+    ax.step(s["t"], s["connection errors"], where="post", color="crimson", label="connection errors (workers)")
+    ax.step(s["t"], s["workers lost"], where="post", color="black", label="worker processes lost")
+    ax.step(s["t"], s["connections"], where="post", color="tab:green", label="connections made (workers)")
+    ax.step(s["t"], s["workers replaced"], where="post", color="tab:green", linestyle=":",
+            label="worker processes replaced")
+    ax.set_ylabel("count (cumulative)")
+    ax.set_xlabel("time since the fleet started (s); broker down: shaded; queue depth: a gap when it could not be read")
+    for k, ev in run.events.iterrows():
+        for a in axes:
+            a.axvline(ev["t"], color="0.3", linestyle="--", linewidth=0.9)
+            if ev["t_end"] - ev["t"] > 0.5:
+                a.axvspan(ev["t"], ev["t_end"], color="0.85", zorder=0)
+        axes[0].annotate(f"{k + 1}", (ev["t"], 1.0), xycoords=("data", "axes fraction"), xytext=(2, -10),
+                         textcoords="offset points", fontsize=8, color="0.2")
+    legend = "; ".join(f"{k + 1}: {ev['event']}" for k, ev in run.events.iterrows())
+    fig.text(0.01, 0.985, legend, fontsize=7.5, color="0.2", va="top")
+    for a in axes:
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7.5, loc="upper right")
+    add_caption(fig, caption)
+    return fig
