@@ -16,7 +16,7 @@ import pytest
 MODULES = ["broker", "jobs", "measure", "routing", "fairness", "queues", "throughput", "acks", "management",
            "concurrency", "fleet", "heartbeats",
            "worker", "uploads", "cli", "exercises", "guide_patterns", "publishing", "durability",
-           "retry", "deadletters", "reconnect", "monitoring", "alerts", "health", "exercises.core", "broker.base", "broker.url",
+           "retry", "deadletters", "reconnect", "monitoring", "alerts", "health", "pipeline", "exercises.core", "broker.base", "broker.url",
            "broker.engine", "broker.erlang", "broker.container", "broker.local", "broker.choice", "broker.reaper"]
 
 

@@ -27,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -37,7 +38,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import pika
 import pika.exceptions
@@ -68,7 +69,7 @@ CHAOS: tuple[tuple[float, str], ...] = (
     (0.55, "restart the broker"),
     (0.75, "kill -9 the broker, start it"),
 )
-"""The chaos schedule of :func:`run_chaos`: each event once the given fraction of the jobs is done."""
+"""The chaos schedule of :func:`run_chaos`: each event once the given fraction of the uploads is sent."""
 
 
 def declare_service_queue(channel: Any, queue: str) -> int:
@@ -223,8 +224,15 @@ class PipelineConsumer(ReconnectingConsumer):
 
 
 def _worker_main(url: str, queue: str, blob_root: str, log_path: str, slot: int, threads: int, prefetch: int,
-                 effort: int, ready: Any, stop: Any) -> None:
-    """Child process: ``threads`` consumers; log their connections and errors; stop when ``stop`` is set."""
+                 effort: int, ready: Any, stop_path: str, hold_path: str) -> None:
+    """Child process: ``threads`` consumers; log their connections and errors.
+
+    It stops when the file ``stop_path`` exists, or when its parent is gone. (Not a ``multiprocessing.Event``:
+    setting one waits for every process that ever waited on it, and a process killed while waiting never answers.)
+    While the file ``hold_path`` exists, a consumer holds its job between storing the result and the ack (fault
+    injection: :meth:`Fleet.holding`).
+    """
+    parent = os.getppid()
     broker = UrlBroker(url)
     blobs = BlobStore(blob_root)
     results = ResultFiles(blobs)
@@ -233,11 +241,19 @@ def _worker_main(url: str, queue: str, blob_root: str, log_path: str, slot: int,
     def work(job: VoiceJob) -> dict[str, Any]:
         return process_job(job, blobs, effort=effort)
 
+    def before_ack(job: VoiceJob) -> None:
+        if os.path.exists(hold_path):
+            log.write("holding", job.job_id)
+            deadline = time.monotonic() + 10
+            while os.path.exists(hold_path) and time.monotonic() < deadline:
+                time.sleep(0.01)
+
     consumers = [PipelineConsumer(broker.parameters(), queue, work, results, name=f"{WORKER_PREFIX}-{slot}-{t}",
-                                  prefetch=prefetch, deadline=120, log=log).start() for t in range(threads)]
+                                  prefetch=prefetch, deadline=120, log=log, before_ack=before_ack).start()
+                 for t in range(threads)]
     seen = [(0, 0)] * threads
     announced = False
-    while not stop.is_set():
+    while not os.path.exists(stop_path) and os.getppid() == parent:
         for i, c in enumerate(consumers):
             connections, errors = c.connections, len(c.reconnects)
             for _ in range(errors - seen[i][1]):
@@ -248,7 +264,7 @@ def _worker_main(url: str, queue: str, blob_root: str, log_path: str, slot: int,
         if not announced and all(c.connected.is_set() for c in consumers):
             ready.release()
             announced = True
-        stop.wait(0.05)
+        time.sleep(0.05)
     for c in consumers:
         c.stop()
     log.close()
@@ -273,7 +289,10 @@ class Fleet:
         self.log_dir = Path(log_dir) if log_dir else blobs.root / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._ctx = multiprocessing.get_context("spawn")
-        self._stop = self._ctx.Event()
+        tag = uuid.uuid4().hex[:8]
+        self._stop_path = self.log_dir / f"stop-{tag}"
+        self._hold_path = self.log_dir / f"hold-{tag}"
+        self._stopping = False
         self._ready = self._ctx.Semaphore(0)
         self.workers: dict[int, Any] = {}
         self.incarnations: Counter[int] = Counter()
@@ -285,7 +304,8 @@ class Fleet:
         path = self.log_dir / f"worker-{slot}-{n}.log"
         p = self._ctx.Process(target=_worker_main, daemon=True, name=f"voicelab-worker-{slot}",
                               args=(self.broker.amqp_url, self.queue, str(self.blobs.root), str(path), slot,
-                                    self.threads, self.prefetch, self.effort, self._ready, self._stop))
+                                    self.threads, self.prefetch, self.effort, self._ready, str(self._stop_path),
+                                    str(self._hold_path)))
         p.start()
         self.workers[slot] = p
 
@@ -305,9 +325,28 @@ class Fleet:
         os.kill(pid, signal.SIGKILL)
         return int(pid)
 
+    @contextlib.contextmanager
+    def holding(self, timeout: float = 5.0) -> Iterator[int]:
+        """Inside the block, consumers hold each job between storing its result and acking it: a fault injected
+        there hits a job whose effect is applied and whose ack is not sent. Waits until one holds (up to
+        ``timeout`` s) and yields how many hold."""
+        before = self._count("holding")
+        self._hold_path.touch()
+        try:
+            deadline = time.monotonic() + timeout
+            while self._count("holding") == before and time.monotonic() < deadline:
+                time.sleep(0.01)
+            yield self._count("holding") - before
+        finally:
+            self._hold_path.unlink(missing_ok=True)
+
+    def _count(self, event: str) -> int:
+        return sum(line.split(" ", 2)[1:2] == [event] for path in self.log_dir.glob("*.log")
+                   for line in path.read_text(errors="replace").splitlines())
+
     def supervise(self) -> list[int]:
         """Replace every worker process that died; return their slots."""
-        if self._stop.is_set():
+        if self._stopping:
             return []
         out = []
         for slot, p in list(self.workers.items()):
@@ -320,7 +359,8 @@ class Fleet:
 
     def stop(self, timeout: float = 15.0) -> None:
         """Ask every worker to finish its current job and leave; kill those that do not within ``timeout``."""
-        self._stop.set()
+        self._stopping = True
+        self._stop_path.touch()
         for p in self.workers.values():
             p.join(timeout)
             if p.is_alive():
@@ -385,7 +425,9 @@ class VoiceService:
 
     def upload(self, audio: bytes, user_id: int) -> dict[str, Any]:
         """Store the audio, publish the job (confirmed), answer with its id: notebook 00's queued upload."""
-        return upload_queued(audio, self.blobs, None, self.queue, user_id, enqueue=self._enqueue)  # type: ignore[arg-type]
+        # no channel: the reliable publisher opens its own connection
+        return upload_queued(audio, self.blobs, None, self.queue, user_id,  # type: ignore[arg-type]
+                             enqueue=self._enqueue)
 
     def upload_many(self, uploads: Iterable[tuple[bytes, int]]) -> tuple[list[VoiceJob], PublishReport]:
         """Many uploads in one publishing run (a window of confirms); the jobs and the publisher's report."""
@@ -469,16 +511,30 @@ def _poison(broker: Broker, queue: str, per_kind: int) -> dict[str, str]:
     return keys
 
 
-def run_chaos(broker: Broker, blobs: BlobStore, n: int = 2000, *, queue: str = "chaos08", processes: int = 2,
-              threads: int = 2, prefetch: int = 10, effort: int = 2, clips: int = 12, clip_seconds: float = 0.5,
-              poison_per_kind: int = 3, schedule: tuple[tuple[float, str], ...] = CHAOS, every: float = 0.25,
-              timeout: float | None = None, progress: bool = True) -> ChaosRun:
+def _wait_listed(mgmt: Any, prefix: str, count: int, timeout: float = 10.0) -> int:
+    """Wait until the management API lists ``count`` connections named ``prefix...`` (it lists a new
+    connection only after its next statistics); return how many it lists."""
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = sum(1 for c in mgmt.get("connections")
+                     if str((c.get("client_properties") or {}).get("connection_name", "")).startswith(prefix))
+        if listed >= count or time.monotonic() > deadline:
+            return listed
+        time.sleep(0.1)
+
+
+def run_chaos(broker: Broker, blobs: BlobStore, n: int = 2000, *, rate: float | None = None, queue: str = "chaos08",
+              processes: int = 2, threads: int = 2, prefetch: int = 10, effort: int = 2, clips: int = 12,
+              clip_seconds: float = 0.5, poison_per_kind: int = 3, schedule: tuple[tuple[float, str], ...] = CHAOS,
+              every: float = 0.25, timeout: float | None = None, progress: bool = True) -> ChaosRun:
     """Upload ``n`` jobs to the service while ``schedule`` happens to it; account for every job.
 
-    Uploads come in batches through the reliable publisher while at most ``max(200, n // 10)`` jobs wait, so
-    that publishing goes on through the faults. The fleet (``processes`` x ``threads`` consumers) does the real
-    signal work on ``clips`` distinct recordings. Each chaos event fires once the given fraction of the jobs is
-    done; a dead worker process is replaced at once. Sampled every ``every`` s: jobs done, uploads confirmed,
+    Uploads arrive at ``rate`` per second (default ``n / 20``: a 20 s stream) in batches of a fifth of a
+    second through the reliable publisher; after an outage the uploads held up go out at once. The fleet
+    (``processes`` x ``threads`` consumers) does the real signal work on ``clips`` distinct recordings. Each
+    chaos event fires once the given fraction of the uploads is sent, so it hits work in flight; the forced close
+    hits consumers that hold a job between storing its result and its ack (:meth:`Fleet.holding`). A dead worker
+    process is replaced at once. Sampled every ``every`` s: jobs done, uploads confirmed,
     queue depths (passive declare; none while the broker is down), connection errors, reconnections, worker
     processes lost and replaced. Needs a broker voicelab controls (:func:`voicelab.broker.own_broker`).
 
@@ -501,7 +557,10 @@ def run_chaos(broker: Broker, blobs: BlobStore, n: int = 2000, *, queue: str = "
     if any(name in ("restart the broker", "kill -9 the broker, start it") for _, name in schedule) \
             and not broker.can_control:
         raise ValueError("restarting or killing the broker needs a broker voicelab started (own_broker())")
-    timeout = timeout if timeout is not None else 120 + n / 50
+    rate = rate or max(10.0, n / 20)
+    if not rate > 0:
+        raise ValueError(f"rate must be > 0 uploads/s, got {rate!r}")
+    timeout = timeout if timeout is not None else 120 + 2 * n / rate
     service = VoiceService(broker, blobs, queue, effort=effort)
     service.declare(fresh=True)
     audio = [wav_bytes(synth_speech(clip_seconds, seed=s)) for s in range(clips)]
@@ -511,7 +570,7 @@ def run_chaos(broker: Broker, blobs: BlobStore, n: int = 2000, *, queue: str = "
         features[probe.blob_key] = {k: v for k, v in process_job(probe, blobs, effort=effort).items()
                                     if k not in ("job_id", "user_id")}
     uploads = [(audio[i % clips], i) for i in range(n)]
-    batch, backlog = max(50, n // 50), max(200, n // 10)
+    batch = max(1, round(rate / 5))
     log_dir = blobs.root / f"logs-{queue}"
     fleet = service.fleet(processes=processes, threads=threads, prefetch=prefetch, log_dir=log_dir)
     mgmt = Management(broker)
@@ -528,8 +587,9 @@ def run_chaos(broker: Broker, blobs: BlobStore, n: int = 2000, *, queue: str = "
     def publish_loop() -> None:
         try:
             while state["sent"] < n and not stop.is_set():
-                if state["sent"] - state["done"] >= backlog:
-                    time.sleep(0.02)
+                due = (time.time() - t0) * rate   # uploads the users have made by now
+                if state["sent"] >= due:
+                    time.sleep(min(0.2, (state["sent"] - due) / rate + 0.001))
                     continue
                 chunk = uploads[state["sent"]:state["sent"] + batch]
                 jobs, report = service.upload_many(chunk)
@@ -544,15 +604,18 @@ def run_chaos(broker: Broker, blobs: BlobStore, n: int = 2000, *, queue: str = "
     def chaos_loop() -> None:
         try:
             for fraction, name in schedule:
-                while state["done"] < fraction * n:
+                while state["sent"] < fraction * n:
                     if stop.wait(0.02):
                         return
                 start = time.time()
                 if name == "kill a worker process":
                     detail = f"SIGKILL worker process {fleet.kill(0)}"
                 elif name == "force-close connections":
-                    closed = mgmt.close_connections(WORKER_PREFIX, reason="voicelab chaos")
-                    detail = f"{closed} worker connections closed by the broker"
+                    _wait_listed(mgmt, WORKER_PREFIX, processes * threads)
+                    with fleet.holding() as held:
+                        closed = mgmt.close_connections(WORKER_PREFIX, reason="voicelab chaos")
+                        time.sleep(0.3)   # the close reaches the consumers before their acks go out
+                    detail = f"{closed} worker connections closed by the broker, {held} holding a job"
                 elif name == "inject poison messages":
                     state["poison"] = _poison(broker, queue, poison_per_kind)
                     detail = f"{len(state['poison'])} poison messages"
@@ -565,7 +628,7 @@ def run_chaos(broker: Broker, blobs: BlobStore, n: int = 2000, *, queue: str = "
                     detail = "SIGKILL, then start"
                 end = time.time()
                 events.append({"event": name, "t": start - t0, "t_end": end - t0, "seconds": end - start,
-                               "at_done": state["done"], "detail": detail})
+                               "at_sent": state["sent"], "at_done": state["done"], "detail": detail})
         except Exception as e:
             state["error"] = e
 
@@ -641,7 +704,12 @@ def run_chaos(broker: Broker, blobs: BlobStore, n: int = 2000, *, queue: str = "
         elif event == "dead-lettered":
             dead_keys.add(key)
 
-    with broker.connect() as connection:
+    try:
+        connection = broker.connect()
+    except Exception as e:
+        raise RuntimeError(f"the broker is unreachable after the chaos run ({type(e).__name__}); what went wrong "
+                           f"during the run: {state['error']!r}") from state["error"] or e
+    with connection:
         channel = connection.channel()
         left = int(channel.queue_declare(queue, passive=True).method.message_count)
         letters = list_dead_letters(channel, queue, limit=10 ** 6)
@@ -685,7 +753,7 @@ def run_chaos(broker: Broker, blobs: BlobStore, n: int = 2000, *, queue: str = "
         counts["error"] = f"{type(state['error']).__name__}: {state['error']}"   # type: ignore[assignment]
     publisher = {k: int(state[k]) for k in ("sent", "confirmed", "republished", "publisher reconnects")}
     return ChaosRun(samples=pd.DataFrame(samples), events=pd.DataFrame(events, columns=[
-        "event", "t", "t_end", "seconds", "at_done", "detail"]), jobs=jobs, counts=counts, seconds=seconds,
+        "event", "t", "t_end", "seconds", "at_sent", "at_done", "detail"]), jobs=jobs, counts=counts, seconds=seconds,
         publisher=publisher)
 
 
@@ -697,35 +765,37 @@ def plot_dashboard(run: ChaosRun, caption: str = "") -> "plt.Figure":
     from .measure import add_caption
 
     s = run.samples
-    dt = s["t"].diff()
+    k = max(1, round(1.0 / float(s["t"].diff().median())))   # rates over about one second
+    dt = s["t"] - s["t"].shift(k)
+    legend = "; ".join(f"{i + 1}: {ev['event']}" for i, ev in run.events.iterrows())
     fig, axes = plt.subplots(3, 1, figsize=(9, 8.2), sharex=True)
     ax = axes[0]
-    ax.plot(s["t"], s["done"].diff() / dt, color="tab:blue", label="jobs done (results stored) /s")
-    ax.plot(s["t"], s["confirmed"].diff() / dt, color="tab:gray", alpha=0.7, label="uploads confirmed /s")
-    ax.set_ylabel("jobs/s")
+    ax.plot(s["t"], (s["done"] - s["done"].shift(k)) / dt, color="tab:blue", label="jobs done (results stored) /s")
+    ax.plot(s["t"], (s["confirmed"] - s["confirmed"].shift(k)) / dt, color="tab:gray", alpha=0.7,
+            label="uploads confirmed /s")
+    ax.set_ylabel("jobs/s (over 1 s)")
     ax.set_title(f"{run.counts['uploads']} uploads through chaos: done {run.counts['done']}, "
-                 f"poison in DLQ {run.counts['poison in DLQ with reason']}, lost {run.counts['lost']}", fontsize=10)
+                 f"poison in DLQ {run.counts['poison in DLQ with reason']}, lost {run.counts['lost']}\n"
+                 f"chaos: {legend}", fontsize=9)
     ax = axes[1]
     ax.plot(s["t"], s["ready"], color="tab:orange", label="job queue: ready")
     ax.plot(s["t"], s["dlq"], color="crimson", label="DLQ: ready")
     ax.set_ylabel("messages")
     ax = axes[2]
     ax.step(s["t"], s["connection errors"], where="post", color="crimson", label="connection errors (workers)")
-    ax.step(s["t"], s["workers lost"], where="post", color="black", label="worker processes lost")
     ax.step(s["t"], s["connections"], where="post", color="tab:green", label="connections made (workers)")
-    ax.step(s["t"], s["workers replaced"], where="post", color="tab:green", linestyle=":",
+    ax.step(s["t"], s["workers lost"], where="post", color="black", linewidth=2, label="worker processes lost")
+    ax.step(s["t"], s["workers replaced"], where="post", color="tab:olive", linestyle="--", linewidth=2,
             label="worker processes replaced")
     ax.set_ylabel("count (cumulative)")
     ax.set_xlabel("time since the fleet started (s); broker down: shaded; queue depth: a gap when it could not be read")
-    for k, ev in run.events.iterrows():
+    for i, ev in run.events.iterrows():
         for a in axes:
             a.axvline(ev["t"], color="0.3", linestyle="--", linewidth=0.9)
-            if ev["t_end"] - ev["t"] > 0.5:
+            if ev["event"] in ("restart the broker", "kill -9 the broker, start it"):
                 a.axvspan(ev["t"], ev["t_end"], color="0.85", zorder=0)
-        axes[0].annotate(f"{k + 1}", (ev["t"], 1.0), xycoords=("data", "axes fraction"), xytext=(2, -10),
+        axes[0].annotate(f"{i + 1}", (ev["t"], 1.0), xycoords=("data", "axes fraction"), xytext=(2, -10),
                          textcoords="offset points", fontsize=8, color="0.2")
-    legend = "; ".join(f"{k + 1}: {ev['event']}" for k, ev in run.events.iterrows())
-    fig.text(0.01, 0.985, legend, fontsize=7.5, color="0.2", va="top")
     for a in axes:
         a.grid(alpha=0.3)
         a.legend(fontsize=7.5, loc="upper right")
