@@ -11,6 +11,7 @@ import pytest
 
 from helpers import images, start_backend
 from voicelab.publishing import BrokerGone, PublishFailed, ReliablePublisher, publish_confirmed
+from voicelab.queues import drain
 
 
 def _queue(channel) -> str:
@@ -20,12 +21,7 @@ def _queue(channel) -> str:
 
 
 def _bodies_in(channel, queue: str) -> list[bytes]:
-    out = []
-    while True:
-        method, _, body = channel.basic_get(queue, auto_ack=True)
-        if method is None:
-            return out
-        out.append(body)
+    return [m.body for m in drain(channel, queue)]
 
 
 def test_every_body_confirmed_and_in_the_queue(any_broker, channel) -> None:

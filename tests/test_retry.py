@@ -7,7 +7,7 @@ import pytest
 
 from voicelab import guide_patterns, retry
 from voicelab.jobs import VoiceJob
-from voicelab.queues import dlq_name
+from voicelab.queues import dlq_name, drain
 
 
 def _run(broker, strategy: str, queue: str, max_attempts: int = 4, delays=(0.1, 0.2, 0.4)):
@@ -30,12 +30,7 @@ def _run(broker, strategy: str, queue: str, max_attempts: int = 4, delays=(0.1, 
     events = retry.run_worker(broker, queue, handler, policy, idle=0.6, timeout=20)
     with broker.connect() as connection:
         channel = connection.channel()
-        dead = []
-        while True:
-            method, props, body = channel.basic_get(dlq_name(queue), auto_ack=True)
-            if method is None:
-                break
-            dead.append((body, dict(props.headers or {})))
+        dead = [(m.body, dict(m.properties.headers or {})) for m in drain(channel, dlq_name(queue))]
         retry.delete_retry_queue(channel, queue, policy)
     return events, calls, dead, (good, flaky, doomed)
 

@@ -53,9 +53,8 @@ import pika.exceptions
 
 from .broker import Broker
 from .concurrency import ThreadPoolConsumer
-from .durability import QUEUE_KINDS
+from .durability import QUEUE_KINDS, STRATEGIES, time_publishes
 from .measure import broker_caption, progress, scale as scale_knob
-from .publishing import ReliablePublisher, publish_confirmed, publish_unconfirmed
 from .queues import publish_bodies
 from .throughput import consume_push
 
@@ -70,6 +69,7 @@ BODY_SIZE = 100
 POOL_THREADS = 16
 """Threads of the :class:`ThreadPoolConsumer` case (its prefetch is the same: one message per thread)."""
 PUBLISH_STRATEGIES = ("no confirms", "confirm per message", "batched confirms", "async confirms")
+_DURABILITY_NAMES = dict(zip(PUBLISH_STRATEGIES, STRATEGIES))  # the same four strategies, notebook 05's names
 
 COLUMNS = ["case", "group", "queue_type", "prefetch", "threads", "repeat", "n", "counted", "seconds",
            "messages_per_s", "load_1min", "broker_version"]
@@ -138,24 +138,7 @@ def publish_strategy(broker: Broker, queue: str, n: int, strategy: str, queue_ty
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     _fresh_queue(broker, queue, queue_type)
-    props = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
-    body = b"x" * size
-    if strategy in ("no confirms", "confirm per message"):
-        with broker.connect() as connection:
-            channel = connection.channel()
-            t0 = time.perf_counter()
-            if strategy == "no confirms":
-                publish_unconfirmed(channel, queue, itertools.repeat(body, n), properties=props)
-                channel.queue_declare(queue, passive=True)  # answered once every publish before it is enqueued
-            else:
-                for _ in range(n):
-                    publish_confirmed(channel, queue, body, properties=props, mandatory=False)
-            seconds = time.perf_counter() - t0
-    else:
-        batch = strategy == "batched confirms"
-        publisher = ReliablePublisher(broker.parameters(), window=100 if batch else 256, batch=batch,
-                                      mandatory=False)
-        seconds = publisher.publish(queue, itertools.repeat(body, n), properties=props).seconds
+    seconds = time_publishes(broker, queue, n, _DURABILITY_NAMES[strategy], size=size)
     return seconds, _ready(broker, queue)
 
 

@@ -34,6 +34,7 @@ import pika.exceptions
 from .broker import Broker
 from .measure import add_caption
 from .publishing import BrokerGone, ReliablePublisher, publish_confirmed, publish_unconfirmed
+from .queues import drain
 
 QUEUE_KINDS: dict[str, dict[str, Any]] = {
     "classic durable": {"durable": True},
@@ -155,14 +156,8 @@ def plot_matrix(matrix: pd.DataFrame, caption: str = "") -> plt.Figure:
 # ---------------------------------------------------------------------------
 
 def _drain_bodies(broker: Broker, queue: str) -> list[int]:
-    out = []
     with broker.connect() as connection:
-        channel = connection.channel()
-        while True:
-            method, _, body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                return out
-            out.append(int(body))
+        return [int(m.body) for m in drain(connection.channel(), queue)]
 
 
 def _reset(broker: Broker, queue: str, kind: str) -> None:
@@ -331,6 +326,29 @@ def delivery_counts(broker: Broker, requeues: int = 2, queue: str = "quorum_coun
 # Costs
 # ---------------------------------------------------------------------------
 
+def time_publishes(broker: Broker, queue: str, n: int, strategy: str, *, persistent: bool = True,
+                   size: int = 100) -> float:
+    """Seconds to publish ``n`` messages of ``size`` bytes to the existing ``queue`` with ``strategy``
+    (one of :data:`STRATEGIES`); connection set-up is never timed. The queue is left as it is."""
+    props = pika.BasicProperties(
+        delivery_mode=pika.DeliveryMode.Persistent if persistent else pika.DeliveryMode.Transient)
+    body = b"x" * size
+    if strategy in ("no confirms", "confirm each"):
+        with broker.connect() as connection:
+            channel = connection.channel()
+            t0 = time.perf_counter()
+            if strategy == "no confirms":
+                publish_unconfirmed(channel, queue, itertools.repeat(body, n), properties=props)
+                channel.queue_declare(queue, passive=True)  # answered once every publish before it is enqueued
+            else:
+                for _ in range(n):
+                    publish_confirmed(channel, queue, body, properties=props, mandatory=False)
+            return time.perf_counter() - t0
+    batch = strategy.startswith("batches")
+    publisher = ReliablePublisher(broker.parameters(), window=100 if batch else 256, batch=batch, mandatory=False)
+    return publisher.publish(queue, itertools.repeat(body, n), properties=props).seconds
+
+
 def publish_cost(broker: Broker, strategy: str, n: int, *, kind: str = "classic durable", persistent: bool = True,
                  size: int = 100, queue: str = "cost_demo") -> float:
     """Messages/s publishing ``n`` messages of ``size`` bytes to an empty ``queue`` of ``kind`` with ``strategy``.
@@ -345,24 +363,7 @@ def publish_cost(broker: Broker, strategy: str, n: int, *, kind: str = "classic 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     _reset(broker, queue, kind)
-    props = pika.BasicProperties(
-        delivery_mode=pika.DeliveryMode.Persistent if persistent else pika.DeliveryMode.Transient)
-    body = b"x" * size
-    if strategy in ("no confirms", "confirm each"):
-        with broker.connect() as connection:
-            channel = connection.channel()
-            t0 = time.perf_counter()
-            if strategy == "no confirms":
-                publish_unconfirmed(channel, queue, itertools.repeat(body, n), properties=props)
-                channel.queue_declare(queue, passive=True)
-            else:
-                for _ in range(n):
-                    publish_confirmed(channel, queue, body, properties=props, mandatory=False)
-            seconds = time.perf_counter() - t0
-    else:
-        pub = ReliablePublisher(broker.parameters(), window=100 if strategy.startswith("batches") else 256,
-                                batch=strategy.startswith("batches"), mandatory=False)
-        seconds = pub.publish(queue, itertools.repeat(body, n), properties=props).seconds
+    seconds = time_publishes(broker, queue, n, strategy, persistent=persistent, size=size)
     with broker.connect() as connection:
         connection.channel().queue_delete(queue)
     return n / seconds

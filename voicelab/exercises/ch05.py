@@ -21,6 +21,7 @@ import pika
 from ..broker import Broker, own_broker
 from ..measure import sized
 from ..publishing import ReliablePublisher
+from ..queues import drain
 from .core import Exercise, Wrong, scratch_name
 
 
@@ -81,14 +82,9 @@ def _check_publish_all(fn: Callable[..., Any]) -> str:
         if not killed_during_run:
             raise Wrong(f"your function returned before the checker could kill the broker (it kills once the "
                         f"queue holds {n // 10} messages): did it publish to the queue it was given?")
-        got: list[bytes] = []
         with b.connect() as connection:
             channel = connection.channel()
-            while True:
-                method, _, body = channel.basic_get(queue, auto_ack=True)
-                if method is None:
-                    break
-                got.append(body)
+            got = [m.body for m in drain(channel, queue)]
             channel.queue_delete(queue)
     present = set(got)
     twice = len(got) - len(present)

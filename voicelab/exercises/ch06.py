@@ -29,7 +29,7 @@ import pika
 
 from ..broker import shared_broker
 from ..jobs import VoiceJob
-from ..queues import dlq_name
+from ..queues import dlq_name, drain
 from ..retry import RetryPolicy, handle_delivery
 from .core import Exercise, Wrong, scratch_queue
 
@@ -96,12 +96,7 @@ def _check_retry_policy(fn: Callable[..., Any]) -> str:
         if channel.is_open:
             channel.basic_cancel(tag)
         reader = connection.channel()
-        dead = []
-        while True:
-            m, props, body = reader.basic_get(dlq_name(queue), auto_ack=True)
-            if m is None:
-                break
-            dead.append((body, dict(props.headers or {})))
+        dead = [(m.body, dict(m.properties.headers or {})) for m in drain(reader, dlq_name(queue))]
         left = reader.queue_declare(queue, passive=True).method.message_count
 
     if deliveries[0] > CAP:

@@ -25,7 +25,7 @@ import pika
 from ..broker import shared_broker
 from ..jobs import BadJob, VoiceJob
 from ..management import Management
-from ..queues import confirm_mode, declare_job_queue, dlq_name, job_properties
+from ..queues import confirm_mode, declare_job_queue, dlq_name, drain, job_properties
 from ..reconnect import CONNECTION_ERRORS, ResultStore
 from ..retry import dead_letter
 from .core import Exercise, Wrong, scratch_name
@@ -141,11 +141,7 @@ def _check_worker(fn: Callable[..., Any]) -> str:
         with broker.connect() as connection:
             channel = connection.channel()
             left = int(channel.queue_declare(queue, passive=True).method.message_count)
-            while True:
-                m, props, body = channel.basic_get(dlq_name(queue), auto_ack=True)
-                if m is None:
-                    break
-                dead_bodies.append((body, dict(props.headers or {})))
+            dead_bodies.extend((m.body, dict(m.properties.headers or {})) for m in drain(channel, dlq_name(queue)))
             dead = len(dead_bodies)
     finally:
         mgmt.close()
