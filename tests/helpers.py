@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+from typing import Callable
 
 import pytest
 
@@ -101,3 +103,23 @@ def owned_containers(pid: int | None = None, run: str | None = None) -> list[str
 def left_behind(pid: int) -> list[str]:
     """Containers and local nodes that process ``pid`` started and that still exist."""
     return owned_containers(pid) + beam_processes(f"voicelab-node-{pid}-")
+
+
+def interrupt_after(proc: "subprocess.Popen[str]", ready: Callable[[str], bool]) -> tuple[str, str]:
+    """Read ``proc``'s output until a line satisfies ``ready``, check it has a broker running, send SIGINT.
+
+    Returns (output before the signal, output after). The process never outlives this call.
+    """
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if ready(line):
+                break
+        assert left_behind(proc.pid), "a broker should be running before Ctrl-C:\n" + "".join(lines)
+        proc.send_signal(signal.SIGINT)
+        return "".join(lines), proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from helpers import images, left_behind, require
+from helpers import images, interrupt_after, left_behind, require
 from voicelab import bench
 from voicelab import broker as vb
 from voicelab.management import Management
@@ -160,19 +160,7 @@ def test_ctrl_c_stops_the_bench_and_its_broker() -> None:
     env = {k: v for k, v in os.environ.items() if k != "VOICELAB_AMQP_URL"}
     proc = _cli("--backend", "container", "--image", images()[0], env=env,
                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    lines = []
-    try:
-        for line in proc.stdout:  # type: ignore[union-attr]
-            lines.append(line)
-            if line.startswith("voicelab bench on"):
-                break
-        assert left_behind(proc.pid), "the bench's broker should be running before Ctrl-C:\n" + "".join(lines)
-        proc.send_signal(signal.SIGINT)
-        out = proc.communicate(timeout=60)[0]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, "".join(lines) + out
+    before, out = interrupt_after(proc, lambda line: line.startswith("voicelab bench on"))
+    assert proc.returncode == 130, before + out
     assert "interrupted" in out
     assert left_behind(proc.pid) == []

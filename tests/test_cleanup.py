@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import images, left_behind, require
+from helpers import images, interrupt_after, left_behind, require
 
 
 def _child_env() -> dict[str, str]:
@@ -32,21 +32,9 @@ def test_ctrl_c_on_cli_broker_cleans_up(backend: str, inherited: str) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "voicelab", "broker", "--backend", backend],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_child_env(),
                             preexec_fn=_ignore_sigint if inherited == "ignored" else None)
-    lines = []
-    try:
-        for line in proc.stdout:  # type: ignore[union-attr]
-            lines.append(line)
-            if "Press Ctrl-C" in line:
-                break
-        assert any(line.startswith("AMQP URL:") for line in lines), "".join(lines)
-        assert left_behind(proc.pid), "the broker should be running before Ctrl-C"
-        proc.send_signal(signal.SIGINT)
-        out = proc.communicate(timeout=60)[0]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, "".join(lines) + out
+    before, out = interrupt_after(proc, lambda line: "Press Ctrl-C" in line)
+    assert any(line.startswith("AMQP URL:") for line in before.splitlines()), before
+    assert proc.returncode == 0, before + out
     assert "broker stopped" in out
     assert left_behind(proc.pid) == []
 
