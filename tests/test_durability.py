@@ -31,6 +31,21 @@ def test_publish_cost_is_a_positive_rate(any_broker, strategy) -> None:
     assert durability.publish_cost(any_broker, strategy, 200, queue="test.dur.cost") > 0
 
 
+@pytest.mark.parametrize("strategy", durability.STRATEGIES)
+def test_each_timed_strategy_puts_exactly_n_messages_in_the_queue(any_broker, strategy) -> None:
+    """What the cost figures time is real work: every strategy's n publishes are in the queue when the clock stops."""
+    queue = "test.dur.timed"
+    with any_broker.connect() as connection:
+        channel = connection.channel()
+        channel.queue_delete(queue)
+        channel.queue_declare(queue, durable=True)
+        try:
+            assert durability.time_publishes(any_broker, queue, 200, strategy) > 0
+            assert channel.queue_declare(queue, passive=True).method.message_count == 200
+        finally:
+            channel.queue_delete(queue)
+
+
 def test_publish_cost_rejects_unknown_strategy(any_broker) -> None:
     with pytest.raises(ValueError, match="strategy"):
         durability.publish_cost(any_broker, "fast", 10)
