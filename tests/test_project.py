@@ -68,6 +68,23 @@ def test_build_script_is_packaged() -> None:
     assert "debootstrap" in text and "loopback_users.guest = false" in text
 
 
+def test_the_wheel_holds_every_module_and_data_file(tmp_path: Path) -> None:
+    """A non-editable install gets the whole package (a subpackage missing from pyproject once shipped no broker)."""
+    import shutil
+    import zipfile
+
+    src = tmp_path / "src"  # a copy without build/ and *.egg-info, which would hide a missing package
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", "build", "*.egg-info", ".git", "__pycache__"))
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                           "-w", str(tmp_path), str(src)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (wheel,) = tmp_path.glob("voicelab-*.whl")
+    shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("voicelab/")}
+    source = {p.relative_to(ROOT).as_posix() for p in (ROOT / "voicelab").rglob("*")
+              if p.is_file() and p.suffix in {".py", ".sh", ".csv"} and "__pycache__" not in p.parts}
+    assert source - shipped == set(), "missing from the wheel: see [tool.setuptools] in pyproject.toml"
+
+
 def _imports(path: Path, package: str) -> set[str]:
     """voicelab modules that the module at ``path`` imports (top level or inside functions)."""
     import ast
