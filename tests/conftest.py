@@ -87,20 +87,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
-    has_notebooks = any(str(item.fspath).endswith(".ipynb") for item in session.items)
-    if has_notebooks and not os.environ.get("VOICELAB_AMQP_URL"):
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before the first notebook's kernel starts (nbval starts it when the file is set up), start its broker.
+
+    Lazily, so that under pytest-xdist only the workers that run notebooks start one.
+    """
+    if str(item.fspath).endswith(".ipynb") and not os.environ.get("VOICELAB_AMQP_URL"):
         broker = vb.start_broker()
-        session.config._voicelab_broker = broker  # type: ignore[attr-defined]
+        item.config._voicelab_broker = broker  # type: ignore[attr-defined]
         os.environ["VOICELAB_AMQP_URL"] = broker.amqp_url
         if broker.management_url:
             os.environ["VOICELAB_MANAGEMENT_URL"] = broker.management_url
         if broker.prometheus_url:
             os.environ["VOICELAB_PROMETHEUS_URL"] = broker.prometheus_url
-        print(f"\nnotebooks share RabbitMQ {broker.version} ({broker.backend} "
-              f"{getattr(broker, 'image', '')}) at {vb.mask_url(broker.amqp_url)}")
-        if broker.notice:
-            print(f"note: {broker.notice}")
+        reporter = item.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:  # outside pytest's capture (a worker's terminal is not shown)
+            reporter.write_line(f"\nnotebooks share RabbitMQ {broker.version} ({broker.backend} "
+                                f"{getattr(broker, 'image', '')}) at {vb.mask_url(broker.amqp_url)}")
+            if broker.notice:
+                reporter.write_line(f"note: {broker.notice}")
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -127,6 +133,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         os.environ.pop("VOICELAB_MANAGEMENT_URL", None)
         os.environ.pop("VOICELAB_PROMETHEUS_URL", None)
     vb.stop_all()  # brokers notebooks-in-process or checkers started
+    if hasattr(session.config, "workerinput"):
+        return  # a pytest-xdist worker: the controller checks for leaks once every worker has finished
     # This process's brokers, and any a notebook kernel or child process started: all must be gone.
     run = vb.run_id()
     leaks = owned_containers(run=run) + beam_processes(f"-r{run}-")

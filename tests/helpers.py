@@ -76,12 +76,12 @@ def require(backend: str) -> None:
         unavailable("rabbitmq-server is not installed")
 
 
-def start_backend(backend: str, image: str | None) -> vb.Broker:
+def start_backend(backend: str, image: str | None, settings: dict[str, int] | None = None) -> vb.Broker:
     """Start a broker of ``backend``, skipping (or failing, in CI) when this machine has none."""
     require(backend)
     if backend == "container":
-        return vb.ContainerBroker(image).start()
-    return vb.LocalBroker().start()
+        return vb.ContainerBroker(image, settings).start()
+    return vb.LocalBroker(settings=settings).start()
 
 
 def beam_processes(marker: str) -> list[str]:

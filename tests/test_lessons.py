@@ -7,7 +7,8 @@ import time
 import pytest
 
 from voicelab import broker as vb
-from voicelab.acks import SETTLEMENTS, crash_consumer, settle
+from helpers import backend_params, start_backend
+from voicelab.acks import SETTLEMENTS, TIMEOUT_DEMO_SETTINGS, crash_consumer, hold_unacked, settle
 from voicelab.fairness import fill_jobs, run_consumers, shares, uneven_durations
 from voicelab.management import Management
 from voicelab.queues import dlq_name, drain, queue_counts, refill, wait_for_consumers
@@ -111,3 +112,31 @@ def test_prefetch_fairness(any_broker: vb.Broker) -> None:
     assert greedy["share"].max() > 0.9 and fair["share"].min() > 0.15
     attached = shares(run_consumers(any_broker, "t.fair", 3, prefetch=0, publish=jobs))
     assert attached["jobs"].tolist() == [10, 10, 10]  # round-robin when all are attached first
+
+
+@pytest.mark.parametrize("backend, image", [p.values[0] for p in backend_params()],
+                         ids=[p.id for p in backend_params()])
+def test_consumer_timeout_does_what_each_version_does(backend: str, image: str | None) -> None:
+    """A delivery held past consumer_timeout: channel closed on 3.10/4.0; on 4.3 only quorum queues act."""
+    broker = start_backend(backend, image, settings=TIMEOUT_DEMO_SETTINGS)
+    try:
+        assert broker.settings == TIMEOUT_DEMO_SETTINGS
+        out = {kind: hold_unacked(broker, f"test.held.{kind}", kind=kind, hold_s=4) for kind in ("classic", "quorum")}
+        if broker.version_info < (4, 3):
+            for kind, r in out.items():
+                assert r["close_code"] == 406 and "timed out" in r["close_text"], (kind, r)
+                assert 1.5 <= r["closed_after_s"] and r["ready_after"] == 1, (kind, r)
+        else:
+            assert out["classic"]["closed_after_s"] is None and out["classic"]["cancelled_after_s"] is None
+            assert out["classic"]["ready_after"] == 0, "still held: 4.3 classic queues do not time consumers out"
+            assert out["quorum"]["closed_after_s"] is None and out["quorum"]["cancelled_after_s"] >= 1.5
+            assert out["quorum"]["ready_after"] == 1
+    finally:
+        broker.stop()
+
+
+@pytest.mark.parametrize("settings, word", [({"consumer-timeout": 1}, "consumer-timeout"),
+                                            ({"consumer_timeout": "2s"}, "consumer_timeout")])
+def test_bad_broker_settings_name_themselves(settings, word) -> None:
+    with pytest.raises(ValueError, match=word):
+        vb.own_broker(settings=settings).__enter__()

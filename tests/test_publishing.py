@@ -10,6 +10,7 @@ import pika
 import pytest
 
 from helpers import images, start_backend
+from voicelab.durability import wait_metadata_flush
 from voicelab.publishing import BrokerGone, PublishFailed, ReliablePublisher, publish_confirmed
 from voicelab.queues import drain
 
@@ -75,6 +76,7 @@ def test_killed_mid_run_every_confirmed_message_is_there(image) -> None:
     try:
         with broker.connect() as connection:
             queue = _queue(connection.channel())
+        wait_metadata_flush(time.monotonic())  # the queue itself must survive the kill on 3.10 and 4.0
         n = 20000
         pub = ReliablePublisher(broker.parameters(), window=100, deadline=60)
 

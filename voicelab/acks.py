@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # not at run time: the consumer child process imports this mo
     import pandas as pd
 
 import pika
+import pika.exceptions
 
 from .broker import Broker, UrlBroker
 from .queues import dlq_name, drain, refill, wait_for_consumers, wait_stable
@@ -190,6 +191,81 @@ def forgotten_acks(broker: Broker, queue: str, n: int, hold: float = 8.0, after:
         channel.queue_delete(queue)
     mgmt.close()
     return pd.DataFrame(samples), redelivered
+
+
+def _settled_counts(channel: Any, queue: str, quiet: float = 1.0, timeout: float = 6.0) -> tuple[int, int]:
+    """(ready, consumers) of ``queue`` once unchanged for ``quiet`` s: a quorum queue applies a close later."""
+    def read() -> tuple[int, int]:
+        ok = channel.queue_declare(queue, passive=True)
+        return ok.method.message_count, ok.method.consumer_count
+
+    last, since, deadline = read(), time.monotonic(), time.monotonic() + timeout
+    while time.monotonic() < deadline and time.monotonic() - since < quiet:
+        time.sleep(0.1)
+        now = read()
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
+
+
+TIMEOUT_DEMO_SETTINGS = {"consumer_timeout": 2000, "channel_tick_interval": 500}
+"""Settings of a broker that shows ``consumer_timeout`` in seconds instead of 30 minutes.
+
+3.10 and 4.0 check the timeout when the channel ticks (``channel_tick_interval``, 60 s by
+default), so the tick is shortened too; 4.3's quorum queues evaluate it themselves.
+"""
+
+
+def hold_unacked(broker: Broker, queue: str, *, kind: str = "classic", hold_s: float = 8.0) -> dict[str, Any]:
+    """Consume one message and never ack it for ``hold_s`` s: what does the broker do about it?
+
+    Run it on a broker started with a short ``consumer_timeout`` (:data:`TIMEOUT_DEMO_SETTINGS`,
+    :func:`voicelab.broker.own_broker`). ``kind`` is ``"classic"`` or ``"quorum"``. Returns
+    ``deliveries`` (seconds after the first, and whether flagged redelivered), ``closed_after_s``,
+    ``close_code`` and ``close_text`` when the broker closed the channel, ``cancelled_after_s``
+    when it cancelled the consumer, and ``ready_after`` and ``consumers_after``: the queue at the end,
+    while the consumer's connection was still open (a message the consumer still holds is not ready).
+    """
+    if kind not in ("classic", "quorum"):
+        raise ValueError(f"kind must be 'classic' or 'quorum', got {kind!r}")
+    if hold_s <= 0:
+        raise ValueError(f"hold_s must be > 0, got {hold_s!r}")
+    out: dict[str, Any] = {"kind": kind, "deliveries": [], "closed_after_s": None, "close_code": None,
+                           "close_text": "", "cancelled_after_s": None}
+    arguments = {"x-queue-type": "quorum"} if kind == "quorum" else None
+    first: list[float] = []
+
+    def since_first() -> float:
+        return round(time.monotonic() - first[0], 2) if first else 0.0
+
+    with broker.connect() as watcher:
+        admin = watcher.channel()
+        admin.queue_delete(queue)
+        admin.queue_declare(queue, durable=True, arguments=arguments)
+        admin.basic_publish("", queue, b"a job that takes too long")
+        connection = broker.connect()
+        try:
+            channel = connection.channel()
+            channel.basic_qos(prefetch_count=1)
+
+            def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
+                if not first:
+                    first.append(time.monotonic())
+                out["deliveries"].append((since_first(), bool(method.redelivered)))  # and never ack it
+
+            channel.basic_consume(queue, on_message)
+            channel.add_on_cancel_callback(lambda frame: out.update(cancelled_after_s=since_first()))
+            connection.call_later(hold_s, channel.stop_consuming)
+            try:
+                channel.start_consuming()   # returns at stop_consuming(), or when the broker cancels us
+            except pika.exceptions.ChannelClosedByBroker as e:
+                out.update(closed_after_s=since_first(), close_code=e.reply_code, close_text=e.reply_text)
+            out["ready_after"], out["consumers_after"] = _settled_counts(admin, queue)
+        finally:
+            if connection.is_open:
+                connection.close()
+        admin.queue_delete(queue)
+    return out
 
 
 def crash_parts(crashes: "pd.DataFrame") -> "pd.DataFrame":

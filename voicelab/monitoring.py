@@ -399,6 +399,9 @@ def drain_prediction(run: BacklogRun, after_s: float = 1.0, span_s: float = 1.5)
     publisher's confirms show. A message arriving then waits ``L / mu`` (Little's law: ``L`` messages
     ahead of it, leaving at ``mu`` per s); the backlog is gone after ``L / (mu - lambda)``. The
     measured drain ends when the passive declare and the client both read 0.
+
+    ``arrivals_after_per_s`` and ``departures_after_per_s`` are the rates over the rest of the drain:
+    the prediction is as good as the rates held (a busy machine slows the consumers).
     """
     s = run.samples
     start, end = run.consumers_at + after_s, run.consumers_at + after_s + span_s
@@ -411,10 +414,13 @@ def drain_prediction(run: BacklogRun, after_s: float = 1.0, span_s: float = 1.5)
     lam = float(((pub > t_a) & (pub <= t_b)).sum() / (t_b - t_a))
     mu = net_out + lam
     depth_then = float(window["passive_ready"].iloc[-1])
+    measured = float(run.empty_at - t_b)
+    lam_after = float(((pub > t_b) & (pub <= run.empty_at)).sum() / measured)
     return {"at_s": t_b, "depth": depth_then, "arrivals_per_s": lam, "departures_per_s": mu,
             "wait_s": depth_then / mu if mu > 0 else float("inf"),
             "predicted_drain_s": depth_then / net_out if net_out > 0 else float("inf"),
-            "measured_drain_s": float(run.empty_at - t_b)}
+            "measured_drain_s": measured,
+            "arrivals_after_per_s": lam_after, "departures_after_per_s": depth_then / measured + lam_after}
 
 
 # ---------------------------------------------------------------------------

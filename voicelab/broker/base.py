@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -25,7 +26,7 @@ import time
 import urllib.parse
 import weakref
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Mapping
 
 import pika
 import pika.exceptions
@@ -49,6 +50,30 @@ voicelab needs a real RabbitMQ and found none. Any one of these works:
      voicelab starts a private node in a temporary folder.
 Run `python -m voicelab doctor` to see what this machine has."""
 
+
+
+def check_settings(settings: Mapping[str, int] | None) -> dict[str, int]:
+    """Validate settings of RabbitMQ's ``rabbit`` application (``advanced.config`` names, integer values).
+
+    A started broker gets each as ``-rabbit NAME VALUE`` on its command line, e.g.
+    ``{"consumer_timeout": 3000}``; a voicelab default of the same name is overridden.
+
+    >>> check_settings({"consumer_timeout": 3000})
+    {'consumer_timeout': 3000}
+    """
+    out: dict[str, int] = {}
+    for name, value in (settings or {}).items():
+        if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            raise ValueError(f"settings: {name!r} is not a rabbit application setting name (like 'consumer_timeout')")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"settings[{name!r}] must be an integer (milliseconds, bytes, ...), got {value!r}")
+        out[name] = value
+    return out
+
+
+def erl_args(settings: Mapping[str, int]) -> str:
+    """``settings`` as the value of ``RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS``."""
+    return " ".join(f"-rabbit {name} {value}" for name, value in settings.items())
 
 class BrokerError(RuntimeError):
     """Base class of voicelab's broker errors."""
@@ -141,7 +166,8 @@ class Broker(ABC):
     backend: str = ""
     can_control: bool = True
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Mapping[str, int] | None = None) -> None:
+        self.settings = check_settings(settings)
         self.host = "127.0.0.1"
         self.port = 0
         self.management_port: int | None = None

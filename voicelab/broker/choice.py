@@ -27,9 +27,9 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from typing import Iterator, Literal
+from typing import Iterator, Literal, Mapping
 
-from .base import DEFAULT_IMAGE, HOW_TO_GET_A_BROKER, Broker, BrokerError, BrokerUnavailable, is_live
+from .base import DEFAULT_IMAGE, HOW_TO_GET_A_BROKER, Broker, BrokerError, BrokerUnavailable, check_settings, is_live
 from .container import ContainerBroker
 from .engine import docker_engine
 from .local import LocalBroker, find_rabbitmq_server
@@ -75,8 +75,12 @@ def may_fall_back() -> bool:
     return not explicit and find_rabbitmq_server() is not None
 
 
-def make_broker(backend: Backend = "auto", image: str | None = None) -> Broker:
-    """Create (but do not start) a broker of ``backend``; ``"auto"`` takes :func:`choose_backend`'s choice."""
+def make_broker(backend: Backend = "auto", image: str | None = None,
+                settings: Mapping[str, int] | None = None) -> Broker:
+    """Create (but do not start) a broker of ``backend``; ``"auto"`` takes :func:`choose_backend`'s choice.
+
+    ``settings``: RabbitMQ settings for a broker voicelab starts (see :func:`own_broker`).
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, not {backend!r}")
     if backend == "auto":
@@ -84,6 +88,9 @@ def make_broker(backend: Backend = "auto", image: str | None = None) -> Broker:
         if backend == "none":
             raise BrokerUnavailable(HOW_TO_GET_A_BROKER)
     if backend == "url":
+        if settings:
+            raise ValueError("settings apply to a broker voicelab starts, not to VOICELAB_AMQP_URL's: "
+                             "use backend 'container' or 'local'")
         url = os.environ.get("VOICELAB_AMQP_URL")
         if not url:
             raise BrokerUnavailable("backend 'url' needs VOICELAB_AMQP_URL to be set.\n" + HOW_TO_GET_A_BROKER)
@@ -95,8 +102,8 @@ def make_broker(backend: Backend = "auto", image: str | None = None) -> Broker:
         ok, detail = docker_engine()
         if not ok:
             raise BrokerUnavailable(f"backend 'container': {detail}.\n" + HOW_TO_GET_A_BROKER)
-        return ContainerBroker(image)
-    return LocalBroker()
+        return ContainerBroker(image, settings)
+    return LocalBroker(settings=settings)
 
 
 def start_broker(backend: Backend = "auto", image: str | None = None) -> Broker:
@@ -112,17 +119,17 @@ def start_broker(backend: Backend = "auto", image: str | None = None) -> Broker:
     return make_broker(backend, image).start()
 
 
-def _start_on_this_machine(image: str | None) -> Broker:
+def _start_on_this_machine(image: str | None, settings: Mapping[str, int] | None = None) -> Broker:
     """A container (or, when Docker cannot provide one and nothing was forced, a local node)."""
     backend, _ = choose_backend() if os.environ.get("VOICELAB_BACKEND") else ("auto", "")
     if backend != "auto":
-        return make_broker(backend, image).start()  # type: ignore[arg-type]
+        return make_broker(backend, image, settings).start()  # type: ignore[arg-type]
     ok, detail = docker_engine()
     if not ok:
         if find_rabbitmq_server() is None:
             raise BrokerUnavailable(HOW_TO_GET_A_BROKER)
-        return LocalBroker().start()
-    container = ContainerBroker(image)
+        return LocalBroker(settings=settings).start()
+    container = ContainerBroker(image, settings)
     if image is not None or not may_fall_back():
         return container.start()
     try:
@@ -130,7 +137,7 @@ def _start_on_this_machine(image: str | None) -> Broker:
     except BrokerError as container_error:
         first = str(container_error).splitlines()[0]
         try:
-            local = LocalBroker().start()
+            local = LocalBroker(settings=settings).start()
         except BrokerError as local_error:
             raise BrokerUnavailable(
                 f"No backend could start a broker.\n- Docker ({container.image}): {container_error}\n"
@@ -142,17 +149,21 @@ def _start_on_this_machine(image: str | None) -> Broker:
 
 
 @contextlib.contextmanager
-def own_broker(image: str | None = None) -> Iterator[Broker]:
+def own_broker(image: str | None = None, *, settings: Mapping[str, int] | None = None) -> Iterator[Broker]:
     """A broker voicelab controls (for restart and crash demos), even when ``VOICELAB_AMQP_URL`` is set.
+
+    ``settings``: RabbitMQ ``rabbit`` application settings (``advanced.config`` names, integers), e.g.
+    ``{"consumer_timeout": 3000}``, for a lesson about a setting (see :func:`check_settings`).
 
     Example::
 
-        with own_broker() as broker:
+        with own_broker(settings={"consumer_timeout": 3000}) as broker:
             broker.kill()
             broker.start()
     """
+    check_settings(settings)  # a wrong name or value says so before a broker starts
     try:
-        broker = _start_on_this_machine(image)
+        broker = _start_on_this_machine(image, settings)
     except BrokerUnavailable as e:
         raise BrokerUnavailable(f"a restart or crash demo needs a broker voicelab starts itself.\n{e}") from None
     with broker:

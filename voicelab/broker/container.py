@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from typing import Any
+from typing import Any, Mapping
 
-from .base import (DEFAULT_IMAGE, STATS_INTERVAL_MS, Broker, BrokerError, BrokerUnavailable, PortInUse, free_port,
+from .base import (DEFAULT_IMAGE, STATS_INTERVAL_MS, Broker, BrokerError, erl_args, BrokerUnavailable, PortInUse, free_port,
                    run_id)
 from .engine import image_present, pull_image, remove_labelled
 
@@ -51,8 +51,8 @@ class ContainerBroker(Broker):
 
     backend = "container"
 
-    def __init__(self, image: str | None = None) -> None:
-        super().__init__()
+    def __init__(self, image: str | None = None, settings: Mapping[str, int] | None = None) -> None:
+        super().__init__(settings)
         self.image = image or os.environ.get("VOICELAB_RABBITMQ_IMAGE") or DEFAULT_IMAGE
         self._container: Any = None
         self._id = uuid.uuid4().hex  # labels this broker's container, so that stop() finds it in every state
@@ -93,7 +93,8 @@ class ContainerBroker(Broker):
         c.ports[5672] = ("127.0.0.1", self.port)
         c.ports[15672] = ("127.0.0.1", self.management_port)
         c.ports[15692] = ("127.0.0.1", self.prometheus_port)
-        c.with_env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", f"-rabbit collect_statistics_interval {STATS_INTERVAL_MS}")
+        c.with_env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                   erl_args({"collect_statistics_interval": STATS_INTERVAL_MS, **self.settings}))
         labels = {"org.voicelab.owner-pid": str(os.getpid()), "org.voicelab.broker-id": self._id}
         if run_id():
             labels["org.voicelab.run-id"] = run_id()

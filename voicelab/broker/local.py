@@ -22,10 +22,10 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from . import reaper
-from .base import (HOW_TO_GET_A_BROKER, STATS_INTERVAL_MS, Broker, BrokerError, BrokerUnavailable, PortInUse,
+from .base import (HOW_TO_GET_A_BROKER, STATS_INTERVAL_MS, Broker, BrokerError, erl_args, BrokerUnavailable, PortInUse,
                    free_port, run_id)
 from .erlang import epmd_names, stop_idle_epmd
 
@@ -65,8 +65,8 @@ class LocalBroker(Broker):
 
     backend = "local"
 
-    def __init__(self, server: str | None = None) -> None:
-        super().__init__()
+    def __init__(self, server: str | None = None, settings: Mapping[str, int] | None = None) -> None:
+        super().__init__(settings)
         server = server or find_rabbitmq_server()
         if server is None:
             raise BrokerUnavailable("rabbitmq-server is not installed.\n" + HOW_TO_GET_A_BROKER)
@@ -117,6 +117,8 @@ class LocalBroker(Broker):
             RABBITMQ_CONF_ENV_FILE=str(d / "rabbitmq-env.conf"),
             RABBITMQ_PID_FILE=str(d / "rabbitmq.pid"),
         )
+        if self.settings:
+            env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] = erl_args(self.settings)
         return env
 
     def _launch(self) -> None:

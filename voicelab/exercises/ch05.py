@@ -19,6 +19,7 @@ from typing import Any, Callable
 import pika
 
 from ..broker import Broker, own_broker
+from ..durability import wait_metadata_flush
 from ..measure import sized
 from ..publishing import ReliablePublisher
 from ..queues import drain
@@ -48,6 +49,7 @@ def _check_publish_all(fn: Callable[..., Any]) -> str:
         queue = scratch_name("guarantee")
         with b.connect() as connection:
             connection.channel().queue_declare(queue, durable=True)
+        wait_metadata_flush(time.monotonic())  # so that the queue itself survives the kill (3.10, 4.0)
         # kill the broker once the learner's run has got going: as soon as the queue holds n/10 messages
         killed, done = threading.Event(), threading.Event()
 
