@@ -68,7 +68,8 @@ def test_matrix_durable_persistent_survives_restart_and_kill(image) -> None:
         for event in durability.EVENTS:
             assert m.loc[(event, "classic durable", "persistent"), "survived"] == 50
             assert m.loc[(event, "classic durable", "transient"), "survived"] == 0
-        assert m.loc[("restart", "quorum", "transient"), "survived"] == 50
+            assert m.loc[(event, "quorum", "persistent"), "survived"] == 50
+            assert m.loc[(event, "quorum", "transient"), "survived"] == 50, "quorum queues store every message"
     finally:
         broker.stop()
 

@@ -32,10 +32,14 @@ from typing import Any, Literal
 import numpy as np
 
 SAMPLE_RATE = 16_000
+JOB_TYPE = "voice.analyse"
+"""The AMQP ``type`` property of a voice job; a worker refuses a message of another type as poison."""
+JSON_TYPES = ("application/json", "application/json; charset=utf-8")
 
 
 class BadJob(ValueError):
-    """A message that is not a valid voice job (not JSON, or fields missing or of the wrong type)."""
+    """A message that is not a valid voice job (not JSON, fields missing or of the wrong type, wrong content type
+    or job type)."""
 
 
 def synth_speech(seconds: float = 3.0, seed: int = 0, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -184,6 +188,28 @@ class VoiceJob:
             if not isinstance(data.get(field), kind):
                 raise BadJob(f"field {field!r} must be {kind.__name__}, got {data.get(field)!r}")
         return cls(**{k: data[k] for k in types})
+
+    @classmethod
+    def from_message(cls, properties: Any, body: bytes) -> "VoiceJob":
+        """Parse a delivery: its ``content_type`` and ``type`` properties (when set), then its body.
+
+        A JSON body labelled ``text/plain``, or a job of a type this worker does not do, is as
+        poisonous as a body that is not JSON: :class:`BadJob` says which. Unset properties are
+        accepted (the body decides).
+
+        >>> import pika
+        >>> VoiceJob.from_message(pika.BasicProperties(type="voice.transcribe"), b"{}")
+        Traceback (most recent call last):
+        ...
+        voicelab.jobs.BadJob: unknown job type 'voice.transcribe': this worker does 'voice.analyse'
+        """
+        content_type = getattr(properties, "content_type", None)
+        if content_type is not None and content_type.lower().replace(" ", "") not in [t.replace(" ", "") for t in JSON_TYPES]:
+            raise BadJob(f"content type {content_type!r} is not JSON (a voice job is application/json)")
+        kind = getattr(properties, "type", None)
+        if kind is not None and kind != JOB_TYPE:
+            raise BadJob(f"unknown job type {kind!r}: this worker does {JOB_TYPE!r}")
+        return cls.from_json(body)
 
 
 def analyse(samples: np.ndarray, sample_rate: int = SAMPLE_RATE, effort: int = 4) -> dict[str, float]:

@@ -193,7 +193,7 @@ class PipelineConsumer(ReconnectingConsumer):
 
     def _on_message(self, channel: Any, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
         try:
-            job = VoiceJob.from_json(body)
+            job = VoiceJob.from_message(properties, body)
             result = self.work(job)
         except (BadJob, KeyError, ValueError) as e:
             reason = f"poison: {e}" if isinstance(e, BadJob) else f"cannot be done: {type(e).__name__}: {e}"

@@ -28,7 +28,7 @@ import pika
 import pika.spec
 from pika.adapters.blocking_connection import BlockingChannel
 
-from .jobs import VoiceJob
+from .jobs import JOB_TYPE, VoiceJob
 
 Body = bytes | str | int | dict[str, Any] | list[Any]
 
@@ -65,13 +65,14 @@ def declare_job_queue(channel: BlockingChannel, queue: str, dead_letters: bool =
 
 
 def job_properties(**extra: Any) -> pika.BasicProperties:
-    """Properties of a job message: JSON, persistent (written to disk by a durable queue).
+    """Properties of a job message: JSON, of type :data:`~voicelab.jobs.JOB_TYPE`, persistent (written to disk
+    by a durable queue); ``extra`` adds or overrides.
 
     >>> job_properties().delivery_mode == pika.DeliveryMode.Persistent.value
     True
     """
-    return pika.BasicProperties(content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent,
-                                **extra)
+    return pika.BasicProperties(**{"content_type": "application/json", "type": JOB_TYPE,
+                                   "delivery_mode": pika.DeliveryMode.Persistent, **extra})
 
 
 def publish_job(channel: BlockingChannel, queue: str, job: VoiceJob | dict[str, Any]) -> None:

@@ -190,7 +190,7 @@ class ReconnectingConsumer:
 
     def _on_message(self, channel: Any, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
         try:
-            job = VoiceJob.from_json(body)
+            job = VoiceJob.from_message(properties, body)
         except BadJob:
             channel.basic_reject(method.delivery_tag, requeue=False)
             return

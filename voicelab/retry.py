@@ -329,7 +329,7 @@ def handle_delivery(channel: BlockingChannel, queue: str, method: Any, propertie
     attempt = failures + 1
     event: dict[str, Any] = {"job": job_key(properties, body), "attempt": attempt, "error": ""}
     try:
-        job = VoiceJob.from_json(body)
+        job = VoiceJob.from_message(properties, body)
         handler(job, attempt)
     except BadJob as e:
         dead_letter(channel, queue, method, properties, body, f"poison: {e}", attempt)

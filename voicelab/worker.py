@@ -48,7 +48,7 @@ def run_worker(broker: Broker, queue: str, store: BlobStore, *, kind: Kind = "cp
             c0, t0 = time.thread_time(), time.perf_counter()
             row: dict[str, Any] = {"job_id": None, "outcome": "done", "error": ""}
             try:
-                job = VoiceJob.from_json(body)
+                job = VoiceJob.from_message(properties, body)
                 row["job_id"] = job.job_id
                 save_result(store, process_job(job, store, kind=kind, effort=effort, io_seconds=io_seconds))
                 channel.basic_ack(method.delivery_tag)

@@ -23,7 +23,7 @@ Example::
 """
 
 from .base import (DEFAULT_IMAGE, HOW_TO_GET_A_BROKER, PORT_ATTEMPTS, Broker, BrokerControlError, BrokerError, BrokerUnavailable,
-                   PortInUse, check_settings, free_port, is_live, mask_url, run_id, stop_all)
+                   ConnectFailed, PortInUse, check_settings, free_port, is_live, mask_url, run_id, stop_all)
 from .choice import (BackendFallback, Backend, choose_backend, make_broker, may_fall_back, own_broker, sharing,
                      shared_broker, start_broker)
 from .container import ContainerBroker, offline_image_help
@@ -33,7 +33,7 @@ from .url import UrlBroker
 
 __all__ = [
     "DEFAULT_IMAGE", "HOW_TO_GET_A_BROKER", "PORT_ATTEMPTS", "Backend", "BackendFallback", "Broker", "BrokerControlError",
-    "BrokerError", "BrokerUnavailable", "ContainerBroker", "LocalBroker", "PortInUse", "UrlBroker",
+    "BrokerError", "BrokerUnavailable", "ConnectFailed", "ContainerBroker", "LocalBroker", "PortInUse", "UrlBroker",
     "check_settings", "choose_backend", "docker_engine", "find_rabbitmq_server", "free_port", "image_present", "is_live",
     "make_broker", "mask_url", "run_id", "may_fall_back", "offline_image_help", "own_broker", "shared_broker", "sharing",
     "start_broker", "stop_all",

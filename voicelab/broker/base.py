@@ -87,6 +87,50 @@ class BrokerControlError(BrokerError):
     """The operation needs a broker that voicelab started (not a ``VOICELAB_AMQP_URL`` one)."""
 
 
+class ConnectFailed(BrokerError, pika.exceptions.AMQPConnectionError):
+    """A connection could not be opened; the message says where, why, and what to try.
+
+    Still a ``pika.exceptions.AMQPConnectionError``, so reconnect loops that catch pika's error go on working.
+    """
+
+
+def explain_connect_error(error: BaseException, params: pika.ConnectionParameters) -> str:
+    """One paragraph on why pika could not connect with ``params``, from the error pika raised.
+
+    >>> import pika
+    >>> p = pika.ConnectionParameters("127.0.0.1", 1)
+    >>> explain_connect_error(pika.exceptions.ProbableAuthenticationError("ACCESS_REFUSED"), p).split(": wrong")[0]
+    "the broker at 127.0.0.1:1 refused the login of user 'guest'"
+    """
+    where = f"{params.host}:{params.port}"
+    user = getattr(params.credentials, "username", "?")
+    causes: list[BaseException] = []
+    todo: list[BaseException] = [error]
+    while todo and len(causes) < 20:   # pika nests the real error in args (and chains it)
+        cause = todo.pop(0)
+        if cause in causes:
+            continue
+        causes.append(cause)
+        todo.extend(a for a in (*getattr(cause, "args", ()), getattr(cause, "exception", None), cause.__cause__,
+                                cause.__context__) if isinstance(a, BaseException))
+    text = " ".join(f"{type(c).__name__}: {c}" for c in causes)
+    if any(isinstance(c, (pika.exceptions.ProbableAuthenticationError, pika.exceptions.AuthenticationError))
+           for c in causes) or "ACCESS_REFUSED" in text:
+        return (f"the broker at {where} refused the login of user {user!r}: wrong user name or password? "
+                "(A fresh broker has guest/guest, and guest may log in from localhost only.)")
+    if any(isinstance(c, pika.exceptions.ProbableAccessDeniedError) for c in causes) or "NOT_ALLOWED" in text:
+        return (f"user {user!r} may not use virtual host {params.virtual_host!r} on {where}, or it does not exist "
+                "(the default one is '/', %2F in a URL)")
+    if any(isinstance(c, ConnectionRefusedError) for c in causes) or "Connection refused" in text:
+        return (f"nothing accepts connections at {where} (connection refused): is the broker running, and is "
+                "that its AMQP port (5672 by default)?")
+    if any(isinstance(c, socket.gaierror) for c in causes) or "gaierror" in text:
+        return f"the host {params.host!r} was not found (name resolution failed): check the URL's host"
+    if any(isinstance(c, (TimeoutError, socket.timeout)) for c in causes) or "timed out" in text.lower():
+        return f"no answer from {where} within {params.socket_timeout} s: a firewall, or not an AMQP port?"
+    return f"could not connect to {where}: {text}"
+
+
 class PortInUse(BrokerError):
     """The broker could not bind ``port``: something else took it after voicelab chose it."""
 
@@ -212,8 +256,17 @@ class Broker(ABC):
         return pika.ConnectionParameters(**kwargs)
 
     def connect(self, **overrides: Any) -> pika.BlockingConnection:
-        """Open a new ``pika.BlockingConnection``; use it in a ``with`` block so it closes."""
-        return pika.BlockingConnection(self.parameters(**overrides))
+        """Open a new ``pika.BlockingConnection``; use it in a ``with`` block so it closes.
+
+        Raises :class:`ConnectFailed` (a ``pika.exceptions.AMQPConnectionError``) saying why, when it cannot.
+        """
+        params = self.parameters(**overrides)
+        try:
+            return pika.BlockingConnection(params)
+        except ConnectFailed:
+            raise
+        except (pika.exceptions.AMQPConnectionError, socket.gaierror) as e:
+            raise ConnectFailed(f"{explain_connect_error(e, params)} [{mask_url(self.amqp_url)}]") from e
 
     @property
     def version(self) -> str:
