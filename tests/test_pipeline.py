@@ -47,6 +47,23 @@ def test_upload_answers_at_once_status_by_id_and_waiting_with_a_timeout(any_brok
             service.delete()
 
 
+def test_status_of_a_dead_lettered_job_is_failed_with_its_reason(any_broker) -> None:
+    with BlobStore.temporary() as blobs:
+        service = pipeline.VoiceService(any_broker, blobs, queue="test.pipeline.failed", effort=1)
+        service.declare(fresh=True)
+        missing = VoiceJob.new("audio/never-uploaded.wav", 7)   # its audio is not in the store: cannot be done
+        try:
+            service._enqueue(None, service.queue, missing)
+            with service.fleet(processes=1, threads=1):
+                deadline = time.monotonic() + 30
+                while service.status(missing.job_id)["status"] == "pending" and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            status = service.status(missing.job_id)
+            assert status["status"] == "failed" and "KeyError" in status["reason"], status
+        finally:
+            service.delete()
+
+
 def test_result_files_apply_once_and_refuse_an_escaping_job_id() -> None:
     with BlobStore.temporary() as blobs:
         results = pipeline.ResultFiles(blobs)

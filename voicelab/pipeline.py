@@ -119,6 +119,24 @@ class ResultFiles:
         """The result applied for ``job_id``, or None."""
         return load_result(self.blobs, job_id)
 
+    def fail(self, job_id: str, reason: str) -> None:
+        """Record that ``job_id`` was dead-lettered and why (the first reason stays)."""
+        path = self.blobs._path(f"failures/{job_id}.txt")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{uuid.uuid4().hex}.tmp")
+        tmp.write_text(reason)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def failure(self, job_id: str) -> str | None:
+        """Why ``job_id`` was dead-lettered, or None."""
+        path = self.blobs._path(f"failures/{job_id}.txt")
+        return path.read_text() if path.exists() else None
+
     @property
     def applied(self) -> int:
         """How many results are stored."""
@@ -198,7 +216,10 @@ class PipelineConsumer(ReconnectingConsumer):
         except (BadJob, KeyError, ValueError) as e:
             reason = f"poison: {e}" if isinstance(e, BadJob) else f"cannot be done: {type(e).__name__}: {e}"
             dead_letter(channel, self.queue, method, properties, body, reason, attempts=1)  # confirmed, then acked
-            self._event("dead-lettered", job_key(properties, body))
+            key = job_key(properties, body)
+            self._event("dead-lettered", key)
+            if isinstance(self.store, ResultFiles):
+                self.store.fail(key, reason)   # so that status() says "failed", not "pending" forever
             return
         applied = self.store.apply(job.job_id, result)   # a redelivered job is done again, not applied again
         self._event("applied" if applied else "duplicate", job.job_id)
@@ -436,11 +457,15 @@ class VoiceService:
         return jobs, report
 
     def status(self, job_id: str) -> dict[str, Any]:
-        """``{'status': 'done', 'result': ...}`` once a worker stored the result, else ``{'status': 'pending'}``."""
+        """``{'status': 'done', 'result': ...}`` once a worker stored the result; ``{'status': 'failed', 'reason':
+        ...}`` once it dead-lettered the job (the DLQ has it, for a replay after a fix); else ``'pending'``."""
         result = self.results.result(job_id)
-        if result is None:
-            return {"job_id": job_id, "status": "pending"}
-        return {"job_id": job_id, "status": "done", "result": result}
+        if result is not None:
+            return {"job_id": job_id, "status": "done", "result": result}
+        reason = self.results.failure(job_id)
+        if reason is not None:
+            return {"job_id": job_id, "status": "failed", "reason": reason}
+        return {"job_id": job_id, "status": "pending"}
 
     def upload_and_wait(self, audio: bytes, user_id: int, timeout: float = 10.0) -> dict[str, Any]:
         """Upload, then wait up to ``timeout`` s for the result: the RPC pattern with Direct Reply-to.

@@ -53,25 +53,42 @@ def _check_fleet(fn: Callable[..., Any]) -> str:
     if not isinstance(f, int) or f < 1:
         raise Wrong(f"prefetch must be an int >= 1, got {f!r}")
     n = sized(240, minimum=120)
-    memory, kind = float("nan"), ""
-    with scratch_queue("fleet") as queue:
-        try:  # a fleet that cannot reach the target is stopped at twice the time the target allows
-            run = run_fleet(shared_broker(), queue, io_jobs(n, JOB_SECONDS), p, t, f, timeout=2 * n / TARGET_PER_S)
-            rate, memory, kind = run["jobs_per_s"], run["memory_mb"], run["memory_kind"]
-        except FleetTimeout as e:
-            rate = e.done / e.seconds
+    at_once = p * min(max(t, 1), f)
+    capacity = at_once / JOB_SECONDS                 # Little's law: the most this design can do
     shape = f"{p} process(es) x {t} thread(s) at prefetch {f}"
+    note = ""
+    for _ in range(2):   # a design with room to spare that falls short once is measured again
+        rate, memory, kind = _measure(p, t, f, n)
+        if rate >= TARGET_PER_S or capacity < 1.2 * TARGET_PER_S:
+            break
     if rate < TARGET_PER_S:
-        at_once = p * min(max(t, 1), f)
-        raise Wrong(f"{shape} did {rate:.0f} jobs/s, target {TARGET_PER_S:.0f}. At most {at_once} job(s) ran at "
-                    f"once; each takes {JOB_SECONDS} s.")
+        if capacity < 1.2 * TARGET_PER_S:
+            raise Wrong(f"{shape} did {rate:.0f} jobs/s, target {TARGET_PER_S:.0f}. At most {at_once} job(s) ran at "
+                        f"once; each takes {JOB_SECONDS} s, so this design tops out at {capacity:.0f} jobs/s "
+                        f"(keep 20% headroom over the target).")
+        # the design allows 1.2x the target and more: the machine, not the answer, fell short (twice)
+        note = (f" This machine was busy: {rate:.0f} jobs/s measured, twice, against the {capacity:.0f} jobs/s the "
+                f"design allows; on an idle machine it reaches the target.")
     cost = f"{memory:.0f} MB ({kind})" if kind else "memory not measured on this OS"
     if p > MAX_CONNECTIONS:
         raise Wrong(f"{shape} reached {rate:.0f} jobs/s, but at a cost: {p} worker processes, so {p} connections "
                     f"to the broker (budget {MAX_CONNECTIONS}) and {p} interpreters: {cost}, "
                     f"{memory / p:.0f} MB per process. These jobs wait: threads in one process wait as well as "
                     f"processes, for a stack each.")
-    return f"{shape}: {rate:.0f} jobs/s over {n} jobs, with {p} connection(s) and {cost}."
+    return f"{shape}: {rate:.0f} jobs/s over {n} jobs, with {p} connection(s) and {cost}.{note}"
+
+
+def _measure(p: int, t: int, f: int, n: int) -> tuple[float, float, str]:
+    """Run the fleet on ``n`` jobs: (jobs/s, memory MB, memory kind); a fleet that cannot reach the target is
+    stopped at twice the time the target allows."""
+    memory, kind = float("nan"), ""
+    with scratch_queue("fleet") as queue:
+        try:
+            run = run_fleet(shared_broker(), queue, io_jobs(n, JOB_SECONDS), p, t, f, timeout=2 * n / TARGET_PER_S)
+            rate, memory, kind = run["jobs_per_s"], run["memory_mb"], run["memory_kind"]
+        except FleetTimeout as e:
+            rate = e.done / e.seconds
+    return rate, memory, kind
 
 
 q1 = Exercise(
