@@ -69,15 +69,15 @@ def test_bad_arguments_name_themselves(kwargs, word) -> None:
         ReliablePublisher("amqp://guest:guest@127.0.0.1:1/%2F", **kwargs)
 
 
-@pytest.mark.parametrize("image", images())
-def test_killed_mid_run_every_confirmed_message_is_there(image) -> None:
-    """On each RabbitMQ version: kill -9 during the run; all bodies confirmed, all there, resends counted."""
-    broker = start_backend("container", image)
+def test_killed_mid_run_every_confirmed_message_is_there() -> None:
+    """kill -9 during the run; all bodies confirmed, all there, resends counted. The publisher's mechanics, on the
+    newest image: test_durability's kill test runs a confirmed publishing run through a kill on every version."""
+    broker = start_backend("container", images()[-1])
     try:
         with broker.connect() as connection:
             queue = _queue(connection.channel())
         wait_metadata_flush(time.monotonic())  # the queue itself must survive the kill on 3.10 and 4.0
-        n = 20000
+        n = 10000
         pub = ReliablePublisher(broker.parameters(), window=100, deadline=60)
 
         def killer() -> None:
