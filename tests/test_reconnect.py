@@ -69,3 +69,40 @@ def test_guide_robust_consumer_dies_with_a_name_error_on_the_first_failure() -> 
 
 # What these tests check differs between RabbitMQ versions: run them on every image (see conftest).
 pytestmark = pytest.mark.all_versions
+
+
+def test_a_consumer_the_broker_cancels_comes_back(any_broker) -> None:
+    """Deleting the queue makes the broker send basic.cancel (pika raises nothing): the consumer must notice,
+    reconnect with backoff until the queue is back, and go on consuming."""
+    import time
+
+    from voicelab.jobs import VoiceJob
+    from voicelab.queues import job_properties
+
+    queue = "test.reconnect.cancelled"
+    with any_broker.connect() as connection:
+        channel = connection.channel()
+        channel.queue_delete(queue)
+        channel.queue_declare(queue, durable=True)
+    store = reconnect.ResultStore()
+    consumer = reconnect.ReconnectingConsumer(any_broker.parameters(), queue, lambda job: job.user_id, store,
+                                              seed=1, max_delay=0.5).start()
+    try:
+        assert consumer.connected.wait(10)
+        with any_broker.connect() as connection:
+            channel = connection.channel()
+            channel.queue_delete(queue)                    # the broker cancels the consumer
+            time.sleep(1.0)                                # it retries: 404 while the queue is gone
+            channel.queue_declare(queue, durable=True)
+            channel.confirm_delivery()
+            job = VoiceJob.new("audio/a.wav", 42)
+            channel.basic_publish("", queue, job.to_json(), job_properties())
+        deadline = time.monotonic() + 15
+        while store.result(job.job_id) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.result(job.job_id) == 42, consumer.reconnects
+        assert any("ConsumerCancelled" in r["error"] for r in consumer.reconnects), consumer.reconnects
+    finally:
+        consumer.stop()
+        with any_broker.connect() as connection:
+            connection.channel().queue_delete(queue)

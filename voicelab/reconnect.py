@@ -49,6 +49,12 @@ CONNECTION_ERRORS = (pika.exceptions.AMQPError, OSError)
 """What a lost or refused connection raises in pika (``ConnectionClosedByBroker``, ``StreamLostError``, ...)."""
 
 
+class ConsumerCancelled(pika.exceptions.AMQPError):
+    """The broker cancelled our consumer (``basic.cancel``): its queue was deleted, or on 4.3 a quorum queue
+    timed out a delivery held past ``consumer_timeout``. The channel stays open and pika raises nothing, so the
+    consumer raises this itself and reconnects like after a lost connection."""
+
+
 class BrokerUnreachable(ConnectionError):
     """The consumer could not reconnect within its ``deadline``."""
 
@@ -210,11 +216,15 @@ class ReconnectingConsumer:
                 channel = connection.channel()
                 channel.basic_qos(prefetch_count=self.prefetch)
                 channel.basic_consume(self.queue, self._on_message)
+                cancelled: list[Any] = []
+                channel.add_on_cancel_callback(cancelled.append)   # a broker-sent basic.cancel raises nothing
                 self.connections += 1
                 failures, down_since = 0, None
                 self.connected.set()
                 while not self._stop.is_set():
                     connection.process_data_events(time_limit=0.1)
+                    if cancelled:
+                        raise ConsumerCancelled(f"the broker cancelled the consumer on {self.queue!r}")
             except CONNECTION_ERRORS as e:
                 self.connected.clear()
                 failures += 1

@@ -57,27 +57,40 @@ def _check_plan(fn: Callable[..., Any]) -> str:
         raise Wrong(f"consumers must be an int from 1 to {MAX_CONSUMERS}, got {consumers!r}")
     if not isinstance(prefetch, int) or prefetch < 0:
         raise Wrong(f"prefetch must be an int >= 0 (0 = unlimited), got {prefetch!r}")
+    capacity = consumers / JOB_SECONDS   # jobs/s these consumers can do at best
+    note = ""
+    for _ in range(2):   # a design with room to spare that falls short once is measured again
+        rate, busy, per = _measure(consumers, prefetch)
+        if consumers > 1 and busy.max() > HOARDING:
+            who = busy.idxmax()
+            raise Wrong(f"{who} was busy {busy.max():.1f}x as long as the average consumer ({per}): at prefetch "
+                        f"{prefetch or 'unlimited'} the broker handed it its share of the jobs up front, long ones "
+                        f"included, while the others ran out of work. A small prefetch lets whoever is free take "
+                        f"the next job.")
+        if consumers > 1 and busy.min() < STARVED:
+            raise Wrong(f"{busy.idxmin()} was busy only {busy.min():.1f}x the average ({per}): it was starved.")
+        if rate >= TARGET_PER_S or capacity < 1.2 * TARGET_PER_S:
+            break
+    if rate < TARGET_PER_S:
+        if capacity < 1.2 * TARGET_PER_S:
+            raise Wrong(f"{consumers} consumer(s) at prefetch {prefetch} did {rate:.0f} jobs/s; the target is "
+                        f"{TARGET_PER_S:.0f}/s. One consumer does at most {1 / JOB_SECONDS:.0f} jobs/s of these "
+                        f"jobs (keep 20% headroom over the target).")
+        note = (f" This machine was busy: {rate:.0f} jobs/s measured, twice, against the {capacity:.0f} jobs/s "
+                f"{consumers} consumers allow; on an idle machine they reach the target.")
+    return (f"{consumers} consumers at prefetch {prefetch}: {rate:.0f} jobs/s; busy time per consumer {per} "
+            f"(the busiest {busy.max():.2f}x the average).{note}")
+
+
+def _measure(consumers: int, prefetch: int) -> tuple[float, Any, str]:
+    """Attach the consumers, publish the uneven batch, time it: (jobs/s, busy time / average, busy per consumer)."""
     broker = shared_broker()
-    durations = uneven_jobs(consumers)
     with scratch_queue("prefetch", broker=broker) as queue:  # consumers attach first, then the jobs are published
-        timeline = run_consumers(broker, queue, consumers, prefetch, publish=durations, timeout=60)
+        timeline = run_consumers(broker, queue, consumers, prefetch, publish=uneven_jobs(consumers), timeout=60)
     rate = JOBS / (timeline["end"].max() - timeline["start"].min())
     s = shares(timeline).reindex([f"consumer {i + 1}" for i in range(consumers)], fill_value=0)
-    busy = s["busy_s"] / s["busy_s"].mean()
     per = ", ".join(f"{name.split()[-1]}: {b:.2f} s" for name, b in s["busy_s"].items())
-    if consumers > 1 and busy.max() > HOARDING:
-        who = busy.idxmax()
-        raise Wrong(f"{who} was busy {busy.max():.1f}x as long as the average consumer ({per}): at prefetch "
-                    f"{prefetch or 'unlimited'} the broker handed it its share of the jobs up front, long ones "
-                    f"included, while the others ran out of work. A small prefetch lets whoever is free take the "
-                    f"next job.")
-    if consumers > 1 and busy.min() < STARVED:
-        raise Wrong(f"{busy.idxmin()} was busy only {busy.min():.1f}x the average ({per}): it was starved.")
-    if rate < TARGET_PER_S:
-        raise Wrong(f"{consumers} consumer(s) at prefetch {prefetch} did {rate:.0f} jobs/s; the target is "
-                    f"{TARGET_PER_S:.0f}/s. One consumer does at most {1 / JOB_SECONDS:.0f} jobs/s of these jobs.")
-    return (f"{consumers} consumers at prefetch {prefetch}: {rate:.0f} jobs/s; busy time per consumer {per} "
-            f"(the busiest {busy.max():.2f}x the average).")
+    return rate, s["busy_s"] / s["busy_s"].mean(), per
 
 
 q1 = Exercise(
