@@ -580,3 +580,21 @@ def test_ch08_rejects_workers_that_mishandle_poison(as_shared) -> None:
     result = ch08.q1.run(_requeues_poison)
     assert not result.passed and "never settled" in result.message, result.message
     assert _leftovers(as_shared) == []
+
+
+def test_a_design_with_headroom_is_measured_twice_before_the_machine_is_blamed() -> None:
+    calls: list[float] = []
+
+    def measured(rate: float):
+        def run() -> tuple[float]:
+            calls.append(rate)
+            return (rate,)
+        return run
+
+    assert core.measure_against_target(measured(120.0), capacity=150, target=100) == ((120.0,), "") and calls == [120.0]
+    calls.clear()
+    result, note = core.measure_against_target(measured(90.0), capacity=150, target=100)
+    assert calls == [90.0, 90.0] and "busy" in note and "150 jobs/s" in note, "short twice with headroom: the machine"
+    calls.clear()
+    assert core.measure_against_target(measured(90.0), capacity=110, target=100) == ((90.0,), "") and calls == [90.0], \
+        "no headroom: measured once, and the caller says why it is wrong"

@@ -25,7 +25,7 @@ from typing import Any, Callable
 from ..broker import shared_broker
 from ..fleet import FleetTimeout, io_jobs, run_fleet, usable_cores
 from ..measure import sized
-from .core import Exercise, Wrong, scratch_queue
+from .core import HEADROOM, Exercise, Wrong, measure_against_target, scratch_queue
 
 JOB_SECONDS = 0.05
 TARGET_PER_S = 120.0
@@ -56,19 +56,11 @@ def _check_fleet(fn: Callable[..., Any]) -> str:
     at_once = p * min(max(t, 1), f)
     capacity = at_once / JOB_SECONDS                 # Little's law: the most this design can do
     shape = f"{p} process(es) x {t} thread(s) at prefetch {f}"
-    note = ""
-    for _ in range(2):   # a design with room to spare that falls short once is measured again
-        rate, memory, kind = _measure(p, t, f, n)
-        if rate >= TARGET_PER_S or capacity < 1.2 * TARGET_PER_S:
-            break
-    if rate < TARGET_PER_S:
-        if capacity < 1.2 * TARGET_PER_S:
-            raise Wrong(f"{shape} did {rate:.0f} jobs/s, target {TARGET_PER_S:.0f}. At most {at_once} job(s) ran at "
-                        f"once; each takes {JOB_SECONDS} s, so this design tops out at {capacity:.0f} jobs/s "
-                        f"(keep 20% headroom over the target).")
-        # the design allows 1.2x the target and more: the machine, not the answer, fell short (twice)
-        note = (f" This machine was busy: {rate:.0f} jobs/s measured, twice, against the {capacity:.0f} jobs/s the "
-                f"design allows; on an idle machine it reaches the target.")
+    (rate, memory, kind), note = measure_against_target(lambda: _measure(p, t, f, n), capacity, TARGET_PER_S)
+    if rate < TARGET_PER_S and not note:
+        raise Wrong(f"{shape} did {rate:.0f} jobs/s, target {TARGET_PER_S:.0f}. At most {at_once} job(s) ran at "
+                    f"once; each takes {JOB_SECONDS} s, so this design tops out at {capacity:.0f} jobs/s "
+                    f"(keep {HEADROOM - 1:.0%} headroom over the target).")
     cost = f"{memory:.0f} MB ({kind})" if kind else "memory not measured on this OS"
     if p > MAX_CONNECTIONS:
         raise Wrong(f"{shape} reached {rate:.0f} jobs/s, but at a cost: {p} worker processes, so {p} connections "
