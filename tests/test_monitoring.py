@@ -68,8 +68,10 @@ def test_backlog_freshness_drain_prediction_and_live_view(any_broker: vb.Broker)
         assert run.empty_at is not None and run.empty_at > run.consumers_at
         assert live.redraws >= 2 and live.fig.axes, "the view redrew during the run and drew the final figure"
         stale = mon.staleness(run).groupby("source")["staleness_s"]
-        assert stale.median()["passive declare"] <= 0.05
-        assert stale.max()["Prometheus"] < 2.5
+        # bounds that separate the sources (current / about 1 s / 5 s), with room for a busy machine: notebook 07
+        # shows the measured figures
+        assert stale.median()["passive declare"] <= 0.25
+        assert stale.max()["Prometheus"] < min(4.0, stale.max()["management API"]), stale.max()
         assert _change_intervals(run.samples, "prom_ready").median() < 2.0
         assert _change_intervals(run.samples, "mgmt_ready").median() >= 4.0, "management figures step every 5 s"
         pred = mon.drain_prediction(run)   # how close it came is a measurement: notebook 07 shows it
