@@ -30,7 +30,7 @@ import pika
 import pika.exceptions
 
 from .broker import Broker, UrlBroker
-from .queues import dlq_name, drain, refill, wait_for_consumers, wait_stable
+from .queues import dlq_name, drain, refill, settled, wait_for_consumers, wait_stable
 
 
 def consumer_main(url: str, queue: str, auto_ack: bool, prefetch: int, job_seconds: float, log_path: str) -> None:
@@ -193,21 +193,6 @@ def forgotten_acks(broker: Broker, queue: str, n: int, hold: float = 8.0, after:
     return pd.DataFrame(samples), redelivered
 
 
-def _settled_counts(channel: Any, queue: str, quiet: float = 1.0, timeout: float = 6.0) -> tuple[int, int]:
-    """(ready, consumers) of ``queue`` once unchanged for ``quiet`` s: a quorum queue applies a close later."""
-    def read() -> tuple[int, int]:
-        ok = channel.queue_declare(queue, passive=True)
-        return ok.method.message_count, ok.method.consumer_count
-
-    last, since, deadline = read(), time.monotonic(), time.monotonic() + timeout
-    while time.monotonic() < deadline and time.monotonic() - since < quiet:
-        time.sleep(0.1)
-        now = read()
-        if now != last:
-            last, since = now, time.monotonic()
-    return last
-
-
 TIMEOUT_DEMO_SETTINGS = {"consumer_timeout": 2000, "channel_tick_interval": 500}
 """Settings of a broker that shows ``consumer_timeout`` in seconds instead of 30 minutes.
 
@@ -260,7 +245,12 @@ def hold_unacked(broker: Broker, queue: str, *, kind: str = "classic", hold_s: f
                 channel.start_consuming()   # returns at stop_consuming(), or when the broker cancels us
             except pika.exceptions.ChannelClosedByBroker as e:
                 out.update(closed_after_s=since_first(), close_code=e.reply_code, close_text=e.reply_text)
-            out["ready_after"], out["consumers_after"] = _settled_counts(admin, queue)
+            # a quorum queue applies a close or a cancel later: read the queue once it settles
+            def counts() -> tuple[int, int]:
+                ok = admin.queue_declare(queue, passive=True).method
+                return ok.message_count, ok.consumer_count
+
+            out["ready_after"], out["consumers_after"] = settled(counts, quiet=1.0, timeout=6.0, every=0.1)
         finally:
             if connection.is_open:
                 connection.close()

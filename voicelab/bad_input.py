@@ -68,6 +68,7 @@ def message_tour(broker: Broker, queue: str = "bad_input") -> pd.DataFrame:
     dead-letter queue tells it, empty for a job that was done), plus ``in queue`` / ``in DLQ`` at the end.
     """
     done: list[str] = []
+    messages = bad_messages()
     policy = RetryPolicy("republish", max_attempts=3)
     with broker.connect() as connection:
         channel = connection.channel()
@@ -75,7 +76,7 @@ def message_tour(broker: Broker, queue: str = "bad_input") -> pd.DataFrame:
         channel.queue_delete(dlq_name(queue))
         declare_retry_queue(channel, queue, policy)
         confirm_mode(channel)
-        for body, properties in bad_messages().values():
+        for body, properties in messages.values():
             channel.basic_publish("", queue, body, properties, mandatory=True)
     events = run_worker(broker, queue, lambda job, attempt: done.append(job.job_id), policy, timeout=30)
     with broker.connect() as connection:
@@ -85,7 +86,7 @@ def message_tour(broker: Broker, queue: str = "bad_input") -> pd.DataFrame:
         channel.queue_delete(queue)
         channel.queue_delete(dlq_name(queue))
     rows = []
-    for label, (body, properties) in bad_messages().items():
+    for label in messages:
         mine = events[events["job"] == label]
         letter = dead.get(label)
         rows.append({"input": label, "outcome": mine["outcome"].iloc[-1] if len(mine) else "never delivered",

@@ -34,7 +34,7 @@ import pika.exceptions
 from .broker import Broker
 from .measure import add_caption
 from .publishing import BrokerGone, ReliablePublisher, publish_confirmed, publish_unconfirmed
-from .queues import drain
+from .queues import drain, settled
 
 QUEUE_KINDS: dict[str, dict[str, Any]] = {
     "classic durable": {"durable": True},
@@ -97,22 +97,17 @@ def _count(broker: Broker, queue: str, quiet: float = 1.5, timeout: float = 20.0
     After a restart a quorum queue replays its log in the background: a count read at once can be short
     (seen here: 501 of 2000 confirmed persistent messages on 3.10.8, all 2000 a moment later).
     """
-    last: int | None = None
-    since = deadline = time.monotonic()
-    deadline += timeout
     with broker.connect() as connection:
-        while True:
-            channel = connection.channel()
+        def read() -> int | None:
+            channel = connection.channel()   # a passive declare of a missing queue closes its channel
             try:
-                now: int | None = int(channel.queue_declare(queue, passive=True).method.message_count)
-                channel.close()
+                count = int(channel.queue_declare(queue, passive=True).method.message_count)
             except pika.exceptions.ChannelClosedByBroker:
-                now = None
-            if now != last:
-                last, since = now, time.monotonic()
-            if time.monotonic() - since >= quiet or time.monotonic() > deadline:
-                return last
-            time.sleep(0.25)
+                return None
+            channel.close()
+            return count
+
+        return settled(read, quiet=quiet, timeout=timeout, every=0.25)
 
 
 def _fill_matrix(broker: Broker, n: int, prefix: str) -> dict[tuple[str, str], str]:

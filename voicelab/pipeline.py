@@ -101,12 +101,17 @@ class ResultFiles:
         self.blobs = blobs
         self.folder = blobs.root / "results"
         self.folder.mkdir(parents=True, exist_ok=True)
+        (blobs.root / "failures").mkdir(exist_ok=True)
 
     def apply(self, job_id: str, result: Any) -> bool:
         """Store ``result`` for ``job_id`` unless one is there; True if this call applied it."""
-        path = self.blobs._path(f"results/{job_id}.json")   # refuses a job_id that escapes the store
+        return self._link_once(f"results/{job_id}.json", json.dumps(result, sort_keys=True).encode())
+
+    def _link_once(self, key: str, data: bytes) -> bool:
+        """Write ``data`` at ``key`` unless a file is there (atomic hard link); True if this call wrote it."""
+        path = self.blobs._path(key)   # refuses a key that escapes the store
         tmp = path.with_name(f".{uuid.uuid4().hex}.tmp")
-        tmp.write_bytes(json.dumps(result, sort_keys=True).encode())
+        tmp.write_bytes(data)
         try:
             os.link(tmp, path)
             return True
@@ -121,16 +126,7 @@ class ResultFiles:
 
     def fail(self, job_id: str, reason: str) -> None:
         """Record that ``job_id`` was dead-lettered and why (the first reason stays)."""
-        path = self.blobs._path(f"failures/{job_id}.txt")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{uuid.uuid4().hex}.tmp")
-        tmp.write_text(reason)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink(missing_ok=True)
+        self._link_once(f"failures/{job_id}.txt", reason.encode())
 
     def failure(self, job_id: str) -> str | None:
         """Why ``job_id`` was dead-lettered, or None."""

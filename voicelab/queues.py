@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple, TypeVar
 
 import pika
 import pika.spec
 from pika.adapters.blocking_connection import BlockingChannel
 
 from .jobs import JOB_TYPE, VoiceJob
+
+T = TypeVar("T")
 
 Body = bytes | str | int | dict[str, Any] | list[Any]
 
@@ -219,28 +221,33 @@ def wait_for_consumers(channel: BlockingChannel, queue: str, count: int, timeout
         time.sleep(poll)
 
 
-def wait_stable(channel: BlockingChannel, *queues: str, quiet: float = 0.3, timeout: float = 5.0) -> dict[str, int]:
-    """Ready counts of ``queues`` once they have not changed for ``quiet`` seconds.
+def settled(read: Callable[[], T], *, quiet: float = 0.3, timeout: float = 5.0, every: float = 0.05) -> T:
+    """What ``read()`` returns once it has not changed for ``quiet`` seconds (or after ``timeout``).
 
-    Requeues and dead-lettering happen asynchronously inside the broker, after
-    the nack, reject or channel close that caused them has been sent: read the
-    counts only once they settle.
+    The broker applies requeues, dead-lettering, a closed channel's returns and a restarted quorum
+    queue's log replay asynchronously: read a figure only once it settles. ``quiet <= 0``: the first read.
+
+    >>> settled(lambda: 3, quiet=0.1)
+    3
+    """
+    last, since = read(), time.monotonic()
+    deadline = since + timeout
+    while time.monotonic() - since < quiet and time.monotonic() < deadline:
+        time.sleep(every)
+        now = read()
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
+
+
+def wait_stable(channel: BlockingChannel, *queues: str, quiet: float = 0.3, timeout: float = 5.0) -> dict[str, int]:
+    """Ready counts of ``queues`` once they have not changed for ``quiet`` seconds (see :func:`settled`).
 
     Example::
 
         wait_stable(channel, "settle_demo", "settle_demo.dlq")   # {'settle_demo': 0, 'settle_demo.dlq': 1}
     """
-    deadline = time.monotonic() + timeout
-    last = {q: queue_counts(channel, q) for q in queues}
-    since = time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
-        now = {q: queue_counts(channel, q) for q in queues}
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet:
-            break
-    return last
+    return settled(lambda: {q: queue_counts(channel, q) for q in queues}, quiet=quiet, timeout=timeout)
 
 
 class Message(NamedTuple):
