@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 
 import pika
 import pika.exceptions
@@ -12,6 +13,7 @@ import requests
 
 from voicelab import broker as vb
 from voicelab.broker import choice
+from voicelab.durability import wait_metadata_flush
 
 
 def test_round_trip_and_version(each_backend: vb.Broker) -> None:
@@ -85,6 +87,7 @@ def test_restart_keeps_durable_drops_transient(each_backend: vb.Broker) -> None:
 def test_kill_then_start_keeps_data_on_disk(each_backend: vb.Broker) -> None:
     url = each_backend.amqp_url
     transient = _setup_durability(each_backend, "kill")
+    wait_metadata_flush(time.monotonic())   # a queue declared just before a kill -9 vanished once (see there)
     each_backend.kill()
     with pytest.raises(pika.exceptions.AMQPConnectionError):
         each_backend.connect(connection_attempts=1, socket_timeout=2)
