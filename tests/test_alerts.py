@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from voicelab import alerts
+from voicelab.lab import alert_scenarios
 from voicelab import broker as vb
 from voicelab.exercises import ch07
 
@@ -14,9 +15,9 @@ EXPECTED = {"backlog growing": "growing backlog", "no consumers": "no consumers"
 
 
 def test_each_rule_fires_on_its_scenario_and_stays_quiet_when_healthy(any_broker: vb.Broker) -> None:
-    samples = alerts.run_scenarios(any_broker, seconds=9.0)
-    rules = {**alerts.default_rules(), "guide": alerts.guide_rule()}
-    fired = alerts.fired(alerts.evaluate(rules, samples))
+    samples = alert_scenarios.run_scenarios(any_broker, seconds=9.0)
+    rules = {**alerts.default_rules(), "guide": alert_scenarios.guide_rule()}
+    fired = alert_scenarios.fired(alerts.evaluate(rules, samples))
     for rule, scenario in EXPECTED.items():
         assert fired.loc[scenario, rule], (rule, fired)
         assert not fired.loc["healthy", rule], (rule, fired)
@@ -25,7 +26,7 @@ def test_each_rule_fires_on_its_scenario_and_stays_quiet_when_healthy(any_broker
 
 
 def test_rules_on_the_recorded_scenarios() -> None:
-    fired = alerts.fired(alerts.evaluate(alerts.default_rules(), ch07.recorded()))
+    fired = alert_scenarios.fired(alerts.evaluate(alerts.default_rules(), ch07.recorded()))
     assert fired.loc["growing backlog", "backlog growing"] and fired.loc["no consumers", "no consumers"]
     assert not fired.loc["healthy"].any() and not fired.loc["burst that drains"].any(), fired
 

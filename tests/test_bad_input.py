@@ -5,7 +5,7 @@ from __future__ import annotations
 import pika
 import pytest
 
-from voicelab import bad_input
+from voicelab.lab import bad_input
 from voicelab import broker as vb
 from voicelab.jobs import BadJob, VoiceJob
 from voicelab.queues import job_properties

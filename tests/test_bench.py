@@ -18,7 +18,7 @@ from helpers import images, interrupt_after, left_behind, require
 from voicelab import bench
 from voicelab import broker as vb
 from voicelab.management import Management
-from voicelab.throughput import consume_push
+from voicelab.lab.throughput import consume_push
 
 TINY = 0.01  # 30 messages per publishing case, 100 per consuming case
 

@@ -13,7 +13,7 @@ import requests
 
 from voicelab import broker as vb
 from voicelab.broker import choice
-from voicelab.durability import wait_metadata_flush
+from voicelab.lab.durability import wait_metadata_flush
 
 
 def test_round_trip_and_version(each_backend: vb.Broker) -> None:

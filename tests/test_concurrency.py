@@ -8,10 +8,10 @@ import time
 import pytest
 
 from voicelab import broker as vb
-from voicelab.concurrency import ThreadPoolConsumer
-from voicelab.fleet import cpu_jobs, io_jobs, run_fleet
-from voicelab.guide_patterns import run_guide_processor
-from voicelab.heartbeats import long_job
+from voicelab.consumers import ThreadPoolConsumer
+from voicelab.lab.fleet import cpu_jobs, io_jobs, run_fleet
+from voicelab.lab.guide_patterns import run_guide_processor
+from voicelab.lab.heartbeats import long_job
 from voicelab.management import Management
 from voicelab.queues import dlq_name, refill, wait_stable
 

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from voicelab import deadletters, retry
+from voicelab.lab import retries
 from voicelab.jobs import VoiceJob
 from voicelab.queues import dlq_name, queue_counts
 
@@ -29,7 +30,7 @@ def filled(any_broker):
     def handler(job, attempt):
         raise retry.TransientError("speech service down")
 
-    retry.run_worker(any_broker, queue, handler, policy, idle=0.3)
+    retries.run_worker(any_broker, queue, handler, policy, idle=0.3)
     with any_broker.connect() as connection:   # a message the broker dead-letters itself: reject, no requeue
         channel = connection.channel()
         retry.publish_jobs(channel, queue, [rejected])

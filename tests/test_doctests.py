@@ -13,16 +13,21 @@ import importlib
 
 import pytest
 
-MODULES = ["broker", "jobs", "measure", "routing", "fairness", "queues", "throughput", "acks", "management",
-           "concurrency", "fleet", "heartbeats",
-           "worker", "uploads", "cli", "exercises", "guide_patterns", "publishing", "durability",
-           "retry", "deadletters", "reconnect", "monitoring", "alerts", "health", "pipeline", "exercises.core", "broker.base", "broker.url",
-           "broker.engine", "broker.erlang", "broker.container", "broker.local", "broker.choice", "broker.reaper"]
+def _all_modules() -> list[str]:
+    import pkgutil
+
+    import voicelab
+
+    return sorted(m.name.removeprefix("voicelab.") for m in pkgutil.walk_packages(voicelab.__path__, "voicelab.")
+                  if not m.name.endswith("__main__"))
+
+
+MODULES = _all_modules()
 
 
 # Modules whose docstrings hold ``>>>`` examples: doctest must find and run them (not just find none).
-WITH_DOCTESTS = ["acks", "heartbeats", "bench", "jobs", "routing", "fairness", "queues", "fleet", "exercises.core", "exercises.ch03", "measure",
-                 "broker.base"]
+WITH_DOCTESTS = ["lab.acks", "lab.heartbeats", "bench", "jobs", "lab.routing", "lab.prefetch", "queues", "lab.fleet", "exercises.core",
+                 "exercises.ch03", "lab.measure", "broker.base"]
 
 
 @pytest.mark.parametrize("name", WITH_DOCTESTS)
@@ -37,6 +42,6 @@ def test_doctests_exist_and_run(name: str) -> None:
 def test_doctests(name: str) -> None:
     module = importlib.import_module(f"voicelab.{name}")
     assert module.__doc__ and "Example" in module.__doc__ or ">>>" in (module.__doc__ or "") or name in (
-        "cli", "exercises"), f"voicelab.{name} needs a module docstring with an example"
+        "cli", "exercises", "lab"), f"voicelab.{name} needs a module docstring with an example"
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0

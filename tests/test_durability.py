@@ -7,7 +7,7 @@ import os
 import pytest
 
 from helpers import images, start_backend
-from voicelab import durability
+from voicelab.lab import durability
 
 
 def test_mandatory_returns_what_is_otherwise_confirmed_and_dropped(any_broker) -> None:

@@ -413,7 +413,7 @@ def test_ch05_reference_passes_stub_unattempted_unconfirmed_fails() -> None:
 # -- ch06: a retry policy that counts (good, flaky, doomed and poison jobs on the shared broker) ------------
 
 from voicelab.exercises import ch06  # noqa: E402
-from voicelab.guide_patterns import guide_retry_callback  # noqa: E402
+from voicelab.lab.guide_patterns import guide_retry_callback  # noqa: E402
 
 
 def _guide_header_counter(channel, method, properties, body, process, max_attempts):

@@ -7,10 +7,11 @@ import pytest
 
 from voicelab import broker as vb
 from voicelab import health
+from voicelab.lab import health_scenarios
 
 
 def test_guide_check_calls_idle_dead_and_stuck_alive_judge_does_not(any_broker: vb.Broker) -> None:
-    checks = health.health_scenarios(any_broker, "health_test", window_s=1.0)
+    checks = health_scenarios.health_scenarios(any_broker, "health_test", window_s=1.0)
     idle, stuck = checks.loc["idle consumer, empty queue"], checks.loc["consumer stuck in a job"]
     assert not idle["guide says healthy"] and idle["voicelab says healthy"], idle.to_dict()
     assert stuck["guide says healthy"] and not stuck["voicelab says healthy"], stuck.to_dict()

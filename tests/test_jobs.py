@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from voicelab.jobs import (BadJob, BlobStore, VoiceJob, analyse, expected_result, load_result, process_job,
-                           read_wav, save_result, synth_speech, wav_bytes)
+from voicelab.jobs import (BadJob, BlobStore, VoiceJob, analyse, expected_result, load_result, process_job, read_wav, save_result, synth_speech, wav_bytes)
 
 
 def test_speech_is_deterministic_and_distinct() -> None:

@@ -8,12 +8,12 @@ import pytest
 
 from voicelab import broker as vb
 from helpers import backend_params, start_backend
-from voicelab.acks import SETTLEMENTS, TIMEOUT_DEMO_SETTINGS, crash_consumer, hold_unacked, settle
-from voicelab.fairness import fill_jobs, run_consumers, shares, uneven_durations
+from voicelab.lab.acks import SETTLEMENTS, TIMEOUT_DEMO_SETTINGS, crash_consumer, hold_unacked, settle
+from voicelab.lab.prefetch import fill_jobs, run_consumers, shares, uneven_durations
 from voicelab.management import Management
 from voicelab.queues import dlq_name, drain, queue_counts, refill, wait_for_consumers
-from voicelab.routing import declare_routing, delete_routing, job_keys, landed, publish_keys
-from voicelab.throughput import consume_pull, consume_push, fill_queue, publish_rate
+from voicelab.lab.routing import declare_routing, delete_routing, job_keys, landed, publish_keys
+from voicelab.lab.throughput import consume_pull, consume_push, fill_queue, publish_rate
 
 
 def test_queue_chores(any_broker: vb.Broker, channel) -> None:

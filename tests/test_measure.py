@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 
 import pytest
 
-from voicelab import measure
+from voicelab.lab import measure
 
 
 def test_scale_knob(monkeypatch: pytest.MonkeyPatch) -> None:

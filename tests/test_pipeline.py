@@ -9,6 +9,7 @@ import time
 from helpers import images, start_backend
 from voicelab import broker as vb
 from voicelab import pipeline
+from voicelab.lab import chaos
 from voicelab.jobs import BlobStore, VoiceJob, expected_result, synth_speech, wav_bytes
 
 
@@ -82,7 +83,7 @@ def test_small_chaos_run_loses_nothing_and_applies_each_job_once() -> None:
     broker = start_backend("container", images()[-1]) if ok else start_backend("local", None)
     try:
         with BlobStore.temporary() as blobs:
-            run = pipeline.run_chaos(broker, blobs, n=600, queue="test.chaos", poison_per_kind=2, progress=False)
+            run = chaos.run_chaos(broker, blobs, n=600, queue="test.chaos", poison_per_kind=2, progress=False)
     finally:
         broker.stop()
     c = run.counts
@@ -91,7 +92,7 @@ def test_small_chaos_run_loses_nothing_and_applies_each_job_once() -> None:
     assert c["applied twice"] == 0 and c["wrong results"] == 0, c
     assert c["handled twice or more, applied once"] >= 1, "the jobs in flight at the faults came back"
     assert c["poison in DLQ with reason"] == c["poison sent"] == 6 and c["uploads dead-lettered"] == 0, c
-    assert list(run.events["event"]) == [name for _, name in pipeline.CHAOS]
+    assert list(run.events["event"]) == [name for _, name in chaos.CHAOS]
     reasons = run.jobs[run.jobs["kind"] != "upload"].set_index("kind")["reason"]
     assert reasons.str.startswith("poison: ").sum() == 4 and reasons.str.contains("KeyError").sum() == 2, reasons
     s = run.samples

@@ -139,3 +139,36 @@ def test_no_module_imports_one_that_imports_it_back() -> None:
     inits = {n for n in graph if _module_path(n) and _module_path(n).name == "__init__.py"}
     cycles = [c for n in graph if n not in inits and (c := cycle_from(n)) and not set(c[1:-1]) & inits]
     assert not cycles, f"import cycles: {cycles[:3]}"
+
+
+LIBRARY_EXCEPTIONS = {"voicelab.cli", "voicelab.bench", "voicelab.__main__"}  # tools: above library and lab
+
+
+def _layer(name: str) -> str:
+    if name.startswith("voicelab.lab"):
+        return "lab"
+    if name.startswith("voicelab.exercises") or name in LIBRARY_EXCEPTIONS:
+        return "tools"
+    return "library"
+
+
+def test_the_library_never_imports_the_lab_or_the_tools() -> None:
+    """Dependencies point down: tools (exercises, bench, CLI) -> lab -> library; never back up."""
+    rank = {"library": 0, "lab": 1, "tools": 2}
+    wrong = []
+    for path in (ROOT / "voicelab").rglob("*.py"):
+        rel = path.relative_to(ROOT).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        package = name + ".x" if rel.name == "__init__" else name
+        for imported in _imports(path, package):
+            if imported != name and rank[_layer(imported)] > rank[_layer(name)]:
+                wrong.append(f"{name} ({_layer(name)}) imports {imported} ({_layer(imported)})")
+    assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_library_modules_import_no_plotting() -> None:
+    """Library code runs in workers and child processes: matplotlib belongs to the lab."""
+    offenders = [p.relative_to(ROOT).as_posix() for p in (ROOT / "voicelab").rglob("*.py")
+                 if _layer(".".join(p.relative_to(ROOT).with_suffix("").parts)) == "library"
+                 and re.search(r"^\s*(import matplotlib|from matplotlib)", p.read_text(), re.M)]
+    assert not offenders, offenders

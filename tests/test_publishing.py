@@ -10,7 +10,7 @@ import pika
 import pytest
 
 from helpers import images, start_backend
-from voicelab.durability import wait_metadata_flush
+from voicelab.lab.durability import wait_metadata_flush
 from voicelab.publishing import BrokerGone, PublishFailed, ReliablePublisher, publish_confirmed
 from voicelab.queues import drain
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 
 from helpers import images, start_backend
-from voicelab import guide_patterns, reconnect
+from voicelab import reconnect
+from voicelab.lab import guide_patterns, faults
 from voicelab.management import Management
 
 
 def test_force_closed_consumer_reconnects_and_applies_each_job_once(any_broker) -> None:
-    out = reconnect.run_through_faults(any_broker, n=120, faults=("close", "close"), queue="test.reconnect.close",
+    out = faults.run_through_faults(any_broker, n=120, faults=("close", "close"), queue="test.reconnect.close",
                                        timeout=40)
     assert out["lost"] == 0 and out["left in queue"] == 0, out
     assert out["done twice but applied once"] == 2, "each job in flight at a close is redelivered and not re-applied"
@@ -38,7 +39,7 @@ def test_close_connections_finds_only_the_named_ones(any_broker) -> None:
 def test_consumer_survives_a_broker_restart(image) -> None:
     broker = start_backend("container", image)
     try:
-        out = reconnect.run_through_faults(broker, n=150, faults=("restart",), queue="test.reconnect.restart",
+        out = faults.run_through_faults(broker, n=150, faults=("restart",), queue="test.reconnect.restart",
                                            timeout=60)
         assert out["lost"] == 0 and out["left in queue"] == 0, out
         assert out["connections"] >= 2 and out["reconnects"], "it reconnected after the restart"

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from voicelab import guide_patterns, retry
+from voicelab import retry
+from voicelab.lab import guide_patterns, retries
 from voicelab.jobs import VoiceJob
 from voicelab.queues import dlq_name, drain
 
@@ -27,7 +28,7 @@ def _run(broker, strategy: str, queue: str, max_attempts: int = 4, delays=(0.1, 
         if attempt <= fails.get(job.job_id, 0):
             raise retry.TransientError(f"attempt {attempt}")
 
-    events = retry.run_worker(broker, queue, handler, policy, idle=0.6, timeout=20)
+    events = retries.run_worker(broker, queue, handler, policy, idle=0.6, timeout=20)
     with broker.connect() as connection:
         channel = connection.channel()
         dead = [(m.body, dict(m.properties.headers or {})) for m in drain(channel, dlq_name(queue))]
@@ -66,14 +67,14 @@ def test_delayed_retries_wait_each_tier_and_carry_x_death(any_broker) -> None:
 
 def test_classic_queue_redelivers_a_requeued_message_forever(any_broker) -> None:
     for settle in ("nack", "reject"):
-        out = retry.redelivery_loop(any_broker, "classic", settle, max_deliveries=30, queue="test.retry.loop")
+        out = retries.redelivery_loop(any_broker, "classic", settle, max_deliveries=30, queue="test.retry.loop")
         assert out["deliveries"] == 30 and out["ended"] == "still queued", out
         assert set(out["counts"]) == {None}, "classic queues do not count deliveries"
 
 
 def test_quorum_queue_counts_and_limits_per_version(any_broker) -> None:
-    nack = retry.redelivery_loop(any_broker, "quorum", "nack", max_deliveries=25, queue="test.retry.qloop")
-    reject = retry.redelivery_loop(any_broker, "quorum", "reject", max_deliveries=25, queue="test.retry.qloop")
+    nack = retries.redelivery_loop(any_broker, "quorum", "nack", max_deliveries=25, queue="test.retry.qloop")
+    reject = retries.redelivery_loop(any_broker, "quorum", "reject", max_deliveries=25, queue="test.retry.qloop")
     version = any_broker.version_info
     assert [int(c) for c in reject["counts"][1:4]] == [1, 2, 3], reject["counts"][:4]
     if version < (4, 0):      # 3.10: every return counted, no default limit
@@ -100,7 +101,7 @@ def test_bad_arguments_are_named() -> None:
     with pytest.raises(ValueError, match="strategy"):
         retry.RetryPolicy("header-counter")
     with pytest.raises(ValueError, match="settle"):
-        retry.redelivery_loop(None, "classic", "drop")
+        retries.redelivery_loop(None, "classic", "drop")
 
 
 # What these tests check differs between RabbitMQ versions: run them on every image (see conftest).

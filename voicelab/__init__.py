@@ -1,19 +1,26 @@
 """voicelab: a hands-on course in message queues with RabbitMQ, and the small library its notebooks use.
 
-Modules, one concept each:
+The library, one concept a module, is what you copy into your own work:
 
-- :mod:`voicelab.broker`: a real RabbitMQ (existing URL, Docker container or private node)
+- :mod:`voicelab.broker`: a real RabbitMQ (an existing URL, a Docker container or a private node)
 - :mod:`voicelab.jobs`: the running example, voice jobs with a blob store and real signal work
-- :mod:`voicelab.queues`: declaring durable job queues with a dead-letter queue, publishing jobs
+- :mod:`voicelab.queues`: durable job queues with a dead-letter queue, publishing jobs, queue chores
 - :mod:`voicelab.uploads`: the blocking and the queued upload handler
 - :mod:`voicelab.worker`: a worker that drains a queue, acking only finished work
-- :mod:`voicelab.routing`, :mod:`voicelab.throughput`, :mod:`voicelab.acks`, :mod:`voicelab.fairness`,
-  :mod:`voicelab.concurrency`, :mod:`voicelab.fleet`, :mod:`voicelab.heartbeats`: the lessons of notebooks 01-04
-- :mod:`voicelab.publishing` (confirms, a reliable publisher) and :mod:`voicelab.durability`: notebook 05
-- :mod:`voicelab.guide_patterns`: the source guide's broken patterns, as written, run to watch them fail
+- :mod:`voicelab.consumers`: :class:`~voicelab.consumers.ThreadPoolConsumer`, a pool that acks from the right thread
+- :mod:`voicelab.publishing`: publisher confirms and :class:`~voicelab.publishing.ReliablePublisher`
+- :mod:`voicelab.retry`: retry policies that count (republish, delayed tiers, quorum delivery limits)
+- :mod:`voicelab.deadletters`: list, replay and purge a dead-letter queue
+- :mod:`voicelab.reconnect`: a consumer that reconnects with backoff, idempotent results
 - :mod:`voicelab.management`: the broker's HTTP API
-- :mod:`voicelab.measure`: run sizes, repeated timings, honest plots
-- :mod:`voicelab.exercises`: auto-checked exercises
+- :mod:`voicelab.monitoring`: a queue seen three ways (passive declare, management API, Prometheus)
+- :mod:`voicelab.health`: consumer health judged by progress; the broker's health checks
+- :mod:`voicelab.alerts`: alert rules evaluated on samples
+- :mod:`voicelab.pipeline`: the capstone service (uploads, a worker fleet, status and results)
+
+The lab, :mod:`voicelab.lab`, holds each notebook's experiments (crash demos, sweeps, chaos, the
+source guide's broken patterns) and their plots. :mod:`voicelab.exercises` checks the notebooks'
+exercises, :mod:`voicelab.bench` measures the library, :mod:`voicelab.cli` is ``python -m voicelab``.
 
 Example::
 

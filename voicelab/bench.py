@@ -2,7 +2,7 @@
 
 One command, a few minutes: it starts its own broker, runs every case of
 :data:`CASES` ``repeats`` times, interleaved (every case once, then again, as
-:func:`voicelab.measure.sweep` does, so that a load spike from something else
+:func:`voicelab.lab.measure.sweep` does, so that a load spike from something else
 on the machine spreads over all cases instead of biasing one), prints a table
 of medians and spreads, then the ratios of :data:`RATIOS`, each computed
 within one repeat from cases measured moments apart, and marks the ones that
@@ -12,9 +12,9 @@ row per measurement that a notebook loads with :func:`read_csv`.
 The cases: publishing without confirms, with a confirm per message
 (:func:`voicelab.publishing.publish_confirmed`), batched and asynchronous
 confirms (:class:`voicelab.publishing.ReliablePublisher`); consuming by
-prefetch with voicelab's plain consumer (:func:`voicelab.throughput.consume_push`)
+prefetch with voicelab's plain consumer (:func:`voicelab.lab.throughput.consume_push`)
 against a bare pika ``basic_consume`` + ``basic_ack`` loop (:func:`consume_bare`);
-:class:`voicelab.concurrency.ThreadPoolConsumer` with a no-op handler against
+:class:`voicelab.consumers.ThreadPoolConsumer` with a no-op handler against
 that bare loop at the same prefetch; a classic queue against a quorum queue.
 Every measurement is also counted on the broker (``counted``: messages left in
 the queue after publishing; messages gone from the queue after consuming),
@@ -52,11 +52,11 @@ import pika
 import pika.exceptions
 
 from .broker import Broker
-from .concurrency import ThreadPoolConsumer
-from .durability import QUEUE_KINDS, STRATEGIES, time_publishes
-from .measure import broker_caption, progress, scale as scale_knob
+from .consumers import ThreadPoolConsumer
+from .lab.durability import QUEUE_KINDS, STRATEGIES, time_publishes
+from .lab.measure import broker_caption, progress, scale as scale_knob
 from .queues import publish_bodies
-from .throughput import consume_push
+from .lab.throughput import consume_push
 
 __all__ = ["CASES", "COLUMNS", "RATIOS", "Case", "Ratio", "consume_bare", "consume_pool", "format_report",
            "fill", "publish_strategy", "ratios", "read_csv", "run_bench", "summarize", "write_csv", "cli"]
@@ -148,7 +148,7 @@ def consume_bare(broker: Broker, queue: str, n: int, prefetch: int = 1) -> float
     No voicelab code between pika and the callback: ``basic_qos``,
     ``basic_consume`` with a callback that calls ``basic_ack``, and pika's
     ``start_consuming`` until ``n`` are acked (the idiom of RabbitMQ's tutorials). Timed like
-    :func:`voicelab.throughput.consume_push`: from ``basic_consume`` to the
+    :func:`voicelab.lab.throughput.consume_push`: from ``basic_consume`` to the
     ``n``-th ack. Messages delivered beyond ``n`` are not acked: they go back
     to the queue when the connection closes. Raises ``RuntimeError`` if the
     queue runs dry for 10 s.

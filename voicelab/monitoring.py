@@ -9,38 +9,28 @@
   ``prometheus_client.parser``. ``/metrics`` aggregates every queue into one figure by default;
   per-queue figures come from ``/metrics/detailed?family=...`` (or ``/metrics/per-object``).
 
-:func:`run_backlog` builds a backlog on purpose (a publisher alone, then consumers that drain it
-while it still publishes), samples the three sources and the truth (what the client published
-and acked) every ``every`` s, and hands each sample to ``on_sample`` (the :class:`LiveView`).
-:func:`staleness` then says how long each figure had already been wrong when it was read.
-
 Example::
 
-    views = three_views(broker, "voice_jobs")          # one row per source
-    run = run_backlog(broker, "monitor_demo", on_sample=LiveView())
-    staleness(run).groupby("source")["staleness_s"].median()
+    from voicelab.broker import shared_broker
+    from voicelab.management import Management
+    broker = shared_broker()
+    with broker.connect() as connection:
+        passive_view(connection.channel(), "voice_jobs")    # {'ready': 0, 'consumers': 0}
+    management_view(Management(broker), "voice_jobs")      # ready, unacked, rates, utilisation
+    Prometheus(broker).queue("voice_jobs")                 # ready, unacked, consumers
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
-import time
 import urllib.parse
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
-import pika
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from .broker import Broker, BrokerError
 from .management import Management
-from .measure import add_caption
-from .queues import reset_queue
 
 DETAILED_FAMILIES = ("queue_coarse_metrics", "queue_consumer_count")
 """The ``/metrics/detailed`` families with per-queue ready, unacked, total and consumer counts."""
@@ -159,6 +149,21 @@ class Prometheus:
         self.session.close()
 
 
+# ---------------------------------------------------------------------------
+# The three side by side
+# ---------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------
+# Building a backlog on purpose, and watching it
+# ---------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------
+# The live view
+# ---------------------------------------------------------------------------
+
+
 _QUEUE_METRICS = {"queue_messages_ready": "ready", "queue_messages_unacked": "unacked",
                   "queue_messages": "messages", "queue_consumers": "consumers"}
 
@@ -171,328 +176,3 @@ def _queue_table(df: pd.DataFrame, prefix: str) -> pd.DataFrame:
     wide = df.assign(metric=df["name"].str[len(prefix):].map(_QUEUE_METRICS)).pivot_table(
         index="queue", columns="metric", values="value", aggfunc="sum")
     return wide.reindex(columns=cols).fillna(0.0)
-
-
-# ---------------------------------------------------------------------------
-# The three side by side
-# ---------------------------------------------------------------------------
-
-def three_views(broker: Broker, queue: str) -> pd.DataFrame:
-    """One row per source for ``queue``: what each reports now (NaN where a source has no such figure)."""
-    mgmt, prom = Management(broker), Prometheus.of(broker)
-    try:
-        with broker.connect() as connection:
-            p = passive_view(connection.channel(), queue)
-        m = management_view(mgmt, queue)
-        m.update(connection_totals(mgmt))
-        pr = prom.queue(queue)
-        agg = prom.samples("/metrics")
-        gauges = agg.set_index("name")["value"]
-        pr.update({"connections": gauges.get("rabbitmq_connections"), "channels": gauges.get("rabbitmq_channels")})
-    finally:
-        mgmt.close()
-        prom.close()
-    rows = {"passive declare": p, "management API": m, "Prometheus": pr}
-    cols = ["ready", "unacked", "consumers", "publish_rate", "deliver_rate", "ack_rate", "utilisation",
-            "connections", "channels"]
-    return pd.DataFrame.from_dict(rows, orient="index").reindex(columns=cols).astype(float)
-
-
-# ---------------------------------------------------------------------------
-# Building a backlog on purpose, and watching it
-# ---------------------------------------------------------------------------
-
-@dataclass
-class Truth:
-    """What the client side knows for sure: when each message was confirmed, and when each was acked."""
-
-    published: list[float] = field(default_factory=list)
-    acked: list[float] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def depth(self) -> int:
-        with self.lock:
-            return len(self.published) - len(self.acked)
-
-
-def _publisher(broker: Broker, queue: str, rate: float, stop: threading.Event, truth: Truth, t0: float,
-               errors: list[BaseException]) -> None:
-    try:
-        with broker.connect(client_properties={"connection_name": "voicelab monitor publisher"}) as connection:
-            channel = connection.channel()
-            channel.confirm_delivery()
-            props = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
-            i = 0
-            while not stop.is_set():
-                due = t0 + i / rate
-                delay = due - time.monotonic()
-                if delay > 0:
-                    stop.wait(delay)
-                    continue
-                channel.basic_publish("", queue, str(i).encode(), props)
-                with truth.lock:
-                    truth.published.append(time.monotonic() - t0)
-                i += 1
-    except BaseException as e:  # reported by run_backlog
-        errors.append(e)
-
-
-def consume_jobs(broker: Broker, queue: str, job_s: float, stop: threading.Event, *, prefetch: int = 1,
-                 truth: Truth | None = None, t0: float = 0.0, errors: list[BaseException] | None = None,
-                 name: str = "voicelab monitor consumer", requeue_every: int = 0, reject_every: int = 0) -> None:
-    """A consumer thread's body: take jobs from ``queue``, 'work' ``job_s`` s each, ack; until ``stop`` is set.
-
-    ``reject_every=n`` rejects every n-th message without requeue (to its dead-letter queue).
-    """
-    try:
-        with broker.connect(client_properties={"connection_name": name}) as connection:
-            channel = connection.channel()
-            channel.basic_qos(prefetch_count=prefetch)
-            n = 0
-            for method, _, _ in channel.consume(queue, inactivity_timeout=0.05):
-                if stop.is_set():
-                    break
-                if method is None:
-                    continue
-                n += 1
-                if job_s:
-                    time.sleep(job_s)
-                if reject_every and n % reject_every == 0:
-                    channel.basic_reject(method.delivery_tag, requeue=False)
-                else:
-                    channel.basic_ack(method.delivery_tag)
-                if truth is not None:
-                    with truth.lock:
-                        truth.acked.append(time.monotonic() - t0)
-            with contextlib.suppress(Exception):
-                channel.cancel()
-    except BaseException as e:
-        if errors is not None:
-            errors.append(e)
-        else:
-            raise
-
-
-@dataclass
-class BacklogRun:
-    """What :func:`run_backlog` recorded: ``samples`` (one row per tick), ``truth`` and the phase times."""
-
-    samples: pd.DataFrame
-    truth: Truth
-    consumers_at: float
-    empty_at: float | None
-    publish_rate: float
-    consumers: int
-    job_s: float
-
-
-def sample_sources(channel: Any, mgmt: Management, prom: Prometheus, queue: str) -> dict[str, Any]:
-    """One reading of ``queue`` from all three sources, each timed: ``<source>_<figure>`` columns."""
-    row: dict[str, Any] = {}
-    p = passive_view(channel, queue)
-    row.update({f"passive_{k}": v for k, v in p.items()})
-    m = management_view(mgmt, queue)
-    row.update({f"mgmt_{k}": v for k, v in m.items()})
-    pr = prom.queue(queue)
-    row.update({f"prom_{k}": v for k, v in pr.items()})
-    return row
-
-
-def run_backlog(broker: Broker, queue: str, *, publish_rate: float = 40.0, ramp_s: float = 5.0,
-                consumers: int = 2, job_s: float = 0.02, tail_s: float = 5.5, every: float = 0.2,
-                max_s: float = 60.0, on_sample: Callable[[pd.DataFrame, "BacklogRun | None"], None] | None = None
-                ) -> BacklogRun:
-    """Build a backlog, drain it, and sample every ``every`` s the passive declare, the management API,
-    Prometheus and the truth (published minus acked, counted by the client).
-
-    Phases: a publisher alone at ``publish_rate`` msg/s for ``ramp_s`` s (the backlog grows); then
-    ``consumers`` consumers doing ``job_s`` s jobs at prefetch 1 while the publisher goes on (it drains
-    if they are faster); once the queue is empty the publisher stops, and sampling goes on ``tail_s`` s
-    so that the slowest source catches up. ``on_sample(samples_so_far, None)`` is called after each tick.
-    """
-    if publish_rate <= 0 or ramp_s <= 0 or consumers < 1 or every <= 0:
-        raise ValueError("publish_rate, ramp_s, every must be > 0 and consumers >= 1")
-    mgmt, prom = Management(broker), Prometheus.of(broker)
-    stop_pub, stop_cons = threading.Event(), threading.Event()
-    truth, errors = Truth(), []  # type: ignore[var-annotated]
-    rows: list[dict[str, Any]] = []
-    threads: list[threading.Thread] = []
-    consumers_at, empty_at, stopped_at = ramp_s, None, None
-    try:
-        with broker.connect() as connection:
-            channel = connection.channel()
-            reset_queue(channel, queue)
-            t0 = time.monotonic()
-            pub = threading.Thread(target=_publisher, args=(broker, queue, publish_rate, stop_pub, truth, t0, errors),
-                                   daemon=True, name="monitor-publisher")
-            pub.start()
-            threads.append(pub)
-            tick = 0
-            while True:
-                tick += 1
-                now = time.monotonic() - t0
-                if now >= ramp_s and len(threads) == 1:
-                    consumers_at = now
-                    for i in range(consumers):
-                        t = threading.Thread(target=consume_jobs, daemon=True, name=f"monitor-consumer-{i}",
-                                             args=(broker, queue, job_s, stop_cons),
-                                             kwargs=dict(truth=truth, t0=t0, errors=errors,
-                                                         name=f"voicelab monitor consumer {i + 1}"))
-                        t.start()
-                        threads.append(t)
-                row = {"t": time.monotonic() - t0, "truth": truth.depth()}
-                row.update(sample_sources(channel, mgmt, prom, queue))
-                row["t_end"] = time.monotonic() - t0
-                rows.append(row)
-                if empty_at is None and now > consumers_at + 0.5 and row["truth"] == 0 and row["passive_ready"] == 0:
-                    empty_at = row["t"]
-                    stop_pub.set()
-                    stopped_at = now
-                if errors:
-                    raise RuntimeError("a publisher or consumer thread failed") from errors[0]
-                if on_sample is not None:
-                    on_sample(pd.DataFrame(rows), None)
-                if stopped_at is not None and now > stopped_at + tail_s or now > max_s:
-                    break
-                time.sleep(max(0.0, t0 + tick * every - time.monotonic()))
-    finally:
-        stop_pub.set()
-        stop_cons.set()
-        for t in threads:
-            t.join(10)
-        mgmt.close()
-        prom.close()
-    run = BacklogRun(pd.DataFrame(rows), truth, consumers_at, empty_at, publish_rate, consumers, job_s)
-    if on_sample is not None:
-        on_sample(run.samples, run)
-    return run
-
-
-def staleness(run: BacklogRun) -> pd.DataFrame:
-    """How long each source's depth had been wrong when it was read, during the ramp (publisher alone).
-
-    While only the publisher runs, the depth is the number of confirmed messages, so a source that
-    reads ``v`` shows the truth of the moment the ``v+1``-th message was confirmed: its figure has
-    been stale since then (0 if no message came since). One row per sample and source.
-    """
-    pub = np.array(run.truth.published)
-    rows = []
-    ramp = run.samples[run.samples["t_end"] < run.consumers_at]
-    for _, s in ramp.iterrows():
-        for source, col in (("passive declare", "passive_ready"), ("management API", "mgmt_ready"),
-                            ("Prometheus", "prom_ready")):
-            if pd.isna(s[col]):
-                continue  # no figure at all yet (the management API, just after the queue was declared)
-            v = int(s[col])
-            moved_on = pub[v] if v < len(pub) else np.inf  # when the (v+1)-th message was confirmed
-            age = max(0.0, s["t"] - moved_on) if moved_on <= s["t_end"] else 0.0
-            rows.append({"source": source, "t": s["t"], "shown": v, "staleness_s": age})
-    return pd.DataFrame(rows)
-
-
-def drain_prediction(run: BacklogRun, after_s: float = 1.0, span_s: float = 1.5) -> dict[str, float]:
-    """Little's law on the drain: the predicted time to empty the queue against the measured one.
-
-    From ``after_s`` to ``after_s + span_s`` s after the consumers started, the net rate at which the
-    backlog shrinks (``mu - lambda``) is the slope of the depth the passive declare read (the fresh
-    source: the other two lag, see :func:`staleness`), and ``lambda`` is the publish rate the
-    publisher's confirms show. A message arriving then waits ``L / mu`` (Little's law: ``L`` messages
-    ahead of it, leaving at ``mu`` per s); the backlog is gone after ``L / (mu - lambda)``. The
-    measured drain ends when the passive declare and the client both read 0.
-
-    ``arrivals_after_per_s`` and ``departures_after_per_s`` are the rates over the rest of the drain:
-    the prediction is as good as the rates held (a busy machine slows the consumers).
-    """
-    s = run.samples
-    start, end = run.consumers_at + after_s, run.consumers_at + after_s + span_s
-    window = s[(s["t"] >= start) & (s["t"] <= end)]
-    if len(window) < 3 or run.empty_at is None or run.empty_at <= end:
-        raise ValueError("too few samples in the drain window, or the queue emptied before the prediction")
-    net_out = -float(np.polyfit(window["t"], window["passive_ready"], 1)[0])      # mu - lambda, msg/s
-    pub = np.array(run.truth.published)
-    t_a, t_b = float(window["t"].iloc[0]), float(window["t"].iloc[-1])
-    lam = float(((pub > t_a) & (pub <= t_b)).sum() / (t_b - t_a))
-    mu = net_out + lam
-    depth_then = float(window["passive_ready"].iloc[-1])
-    measured = float(run.empty_at - t_b)
-    lam_after = float(((pub > t_b) & (pub <= run.empty_at)).sum() / measured)
-    return {"at_s": t_b, "depth": depth_then, "arrivals_per_s": lam, "departures_per_s": mu,
-            "wait_s": depth_then / mu if mu > 0 else float("inf"),
-            "predicted_drain_s": depth_then / net_out if net_out > 0 else float("inf"),
-            "measured_drain_s": measured,
-            "arrivals_after_per_s": lam_after, "departures_after_per_s": depth_then / measured + lam_after}
-
-
-# ---------------------------------------------------------------------------
-# The live view
-# ---------------------------------------------------------------------------
-
-def plot_backlog(samples: pd.DataFrame, run: BacklogRun | None = None, *, title: str = "", caption: str = "",
-                 fig: plt.Figure | None = None) -> plt.Figure:
-    """Depth over time from the truth and the three sources (top), rates from the management API (bottom)."""
-    if fig is None:
-        fig = plt.figure(figsize=(8, 5.2))
-    fig.clf()
-    ax, ax2 = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
-    t = samples["t"]
-    ax.plot(t, samples["truth"], color="black", linewidth=2.5, alpha=0.35, label="truth (client: published - acked)")
-    ax.plot(t, samples["passive_ready"], ".-", markersize=3, label="passive declare (ready)")
-    ax.step(t, samples["prom_ready"] + samples["prom_unacked"], where="post", label="Prometheus (ready + unacked)")
-    ax.step(t, samples["mgmt_ready"].fillna(0) + samples["mgmt_unacked"].fillna(0), where="post",
-            label="management API (ready + unacked)")
-    ax.set_ylabel("messages in queue")
-    ax.legend(fontsize=7, loc="upper right")
-    ax.grid(alpha=0.3)
-    ax2.step(t, samples["mgmt_publish_rate"], where="post", label="publish rate")
-    ax2.step(t, samples["mgmt_ack_rate"], where="post", label="ack rate")
-    ax2.set_ylabel("msg/s (management)")
-    ax2.set_xlabel("time since the publisher started (s)")
-    ax2.legend(fontsize=7, loc="upper left")
-    ax2.grid(alpha=0.3)
-    if run is not None:
-        for a in (ax, ax2):
-            a.axvline(run.consumers_at, color="0.5", linestyle=":", linewidth=1)
-            if run.empty_at is not None:
-                a.axvline(run.empty_at, color="crimson", linestyle="--", linewidth=1)
-        ax.annotate(" consumers start", (run.consumers_at, ax.get_ylim()[1] * 0.92), fontsize=7, color="0.4")
-        if run.empty_at is not None:
-            ax.annotate(" empty", (run.empty_at, ax.get_ylim()[1] * 0.8), fontsize=7, color="crimson")
-    ax.set_title(title or "A backlog builds and drains: the same queue seen three ways", fontsize=10)
-    fig.tight_layout()
-    add_caption(fig, caption)
-    return fig
-
-
-class LiveView:
-    """Redraw :func:`plot_backlog` in place in JupyterLab while :func:`run_backlog` samples.
-
-    Pass it as ``on_sample``. It redraws at most every ``every`` s through an IPython display
-    handle (one output that changes, not a new figure per tick), and draws the final figure when
-    the run ends. Outside IPython it only keeps the last figure. The loop is run_backlog's,
-    bounded by the run's phases and ``max_s``.
-    """
-
-    def __init__(self, every: float = 1.0, title: str = "", caption: str = "") -> None:
-        self.every, self.title, self.caption = every, title, caption
-        self.fig = plt.figure(figsize=(8, 5.2))
-        plt.close(self.fig)  # shown only through the handle, not again at the end of the cell
-        self.handle: Any = None
-        self.last = 0.0
-        self.redraws = 0
-        try:
-            from IPython import get_ipython
-            from IPython.display import display
-            if get_ipython() is not None:
-                self.handle = display(self.fig, display_id=True)
-        except ImportError:
-            pass
-
-    def __call__(self, samples: pd.DataFrame, run: BacklogRun | None) -> None:
-        final = run is not None
-        if not final and time.monotonic() - self.last < self.every:
-            return
-        self.last = time.monotonic()
-        plot_backlog(samples, run, title=self.title, caption=self.caption, fig=self.fig)
-        self.redraws += 1
-        if self.handle is not None:
-            self.handle.update(self.fig)

@@ -1,7 +1,7 @@
 """One real RabbitMQ broker, whatever the machine.
 
 voicelab never mocks a broker. :func:`start_broker` takes the first way that works
-(:mod:`~voicelab.broker.choice` says how it chooses):
+(:mod:`~voicelab.broker.obtain` says how it chooses):
 
 1. ``VOICELAB_AMQP_URL`` is set: that broker (:mod:`~voicelab.broker.url`; voicelab cannot restart it);
 2. a Docker engine answers: a testcontainers container (:mod:`~voicelab.broker.container`);
@@ -12,7 +12,7 @@ Every broker voicelab starts binds to 127.0.0.1 only, keeps its ports across
 ``restart()`` and ``kill()`` + ``start()``, and is removed at interpreter exit
 or, when its owner is killed, by a watchdog (:mod:`~voicelab.broker.reaper`).
 :mod:`~voicelab.broker.base` holds what every backend shares,
-:mod:`~voicelab.broker.engine` the Docker client, :mod:`~voicelab.broker.erlang` epmd.
+:mod:`~voicelab.broker.engine` the Docker client, :mod:`~voicelab.broker.epmd` epmd.
 
 Example::
 
@@ -24,7 +24,7 @@ Example::
 
 from .base import (DEFAULT_IMAGE, HOW_TO_GET_A_BROKER, PORT_ATTEMPTS, Broker, BrokerControlError, BrokerError, BrokerUnavailable,
                    ConnectFailed, PortInUse, check_settings, free_port, is_live, mask_url, run_id, stop_all)
-from .choice import (BackendFallback, Backend, choose_backend, make_broker, may_fall_back, own_broker, sharing,
+from .obtain import (BackendFallback, Backend, choose_backend, make_broker, may_fall_back, own_broker, sharing,
                      shared_broker, start_broker)
 from .container import ContainerBroker, offline_image_help
 from .engine import docker_engine, image_present

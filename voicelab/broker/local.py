@@ -27,7 +27,7 @@ from typing import Any, Mapping
 from . import reaper
 from .base import (HOW_TO_GET_A_BROKER, STATS_INTERVAL_MS, Broker, BrokerError, erl_args, BrokerUnavailable, PortInUse,
                    free_port, run_id)
-from .erlang import epmd_names, stop_idle_epmd
+from .epmd import epmd_names, stop_idle_epmd
 
 PLUGINS = "[rabbitmq_management,rabbitmq_prometheus]."
 PORT_TAKEN = ("eaddrinuse", "dist_port_already_used")  # a listener's port, or the Erlang distribution port

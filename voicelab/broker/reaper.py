@@ -11,7 +11,7 @@ Example::
 
     watch(container_id="3f2a...")   # from the process that owns the container
 
-It imports only :mod:`~voicelab.broker.engine` and :mod:`~voicelab.broker.erlang`,
+It imports only :mod:`~voicelab.broker.engine` and :mod:`~voicelab.broker.epmd`,
 so that it starts fast and no module imports it back.
 """
 
@@ -27,7 +27,7 @@ import sys
 import time
 
 from .engine import container_exists, remove_container
-from .erlang import stop_idle_epmd
+from .epmd import stop_idle_epmd
 
 
 def watch(*, container_id: str | None = None, pgid: int | None = None, path: str | None = None,

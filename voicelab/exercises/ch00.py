@@ -6,6 +6,12 @@ to ``queue`` through the default exchange as JSON, with content type
 broker has taken the job, and raises when the broker could not (confirm mode and
 ``mandatory=True``). The checker gives it a fresh channel at each call, and also
 calls it with a queue that does not exist: a safe publish raises there.
+
+Example (in the notebook, after writing ``enqueue_job``)::
+
+    from voicelab.exercises import ch00
+    ch00.q1.check(enqueue_job)     # pass, or what is wrong and a hint
+    ch00.q1.hint()
 """
 
 from __future__ import annotations

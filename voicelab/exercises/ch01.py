@@ -11,6 +11,12 @@ q1: write ``setup_routing(channel, exchange)`` that declares a *topic* exchange
 The checker publishes keys in languages and priorities you were not told
 about (made up at each check), so only wildcard patterns pass; and it asks
 the broker (management API) whether the exchange and the queues are durable.
+
+Example (in the notebook, after writing ``setup_routing``)::
+
+    from voicelab.exercises import ch01
+    ch01.q1.check(setup_routing)     # pass, or what is wrong and a hint
+    ch01.q1.hint()
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ from typing import Any, Callable
 import pika.exceptions
 
 from ..broker import Broker, shared_broker
+from ..lab.routing import delete_routing, job_keys, landed, publish_keys
 from ..management import Management
-from ..routing import delete_routing, job_keys, landed, publish_keys
 from .core import Exercise, Wrong, scratch_name
 
 

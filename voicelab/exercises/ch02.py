@@ -11,6 +11,12 @@ callback of a consumer with manual acks:
 The checker also crashes the worker in the middle of a job (``process`` never
 returns, the connection drops, as when the process is killed): that job must
 come back to the queue for another worker, so it must not have been acked yet.
+
+Example (in the notebook, after writing ``on_message``)::
+
+    from voicelab.exercises import ch02
+    ch02.q1.check(on_message)     # pass, or what is wrong and a hint
+    ch02.q1.hint()
 """
 
 from __future__ import annotations

@@ -10,6 +10,12 @@ prefetch P, *then* publishes the batch, and measures two things:
   its share up front: round-robin hands it every long job). No consumer may be
   busy for more than 1.6 times the average busy time (it hoarded jobs the others
   could have done), nor less than 0.4 times (starved). At most 8 consumers.
+
+Example (in the notebook, after writing ``plan``)::
+
+    from voicelab.exercises import ch03
+    ch03.q1.check(plan)     # pass, or what is wrong and a hint
+    ch03.q1.hint()
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..broker import shared_broker
-from ..fairness import run_consumers, shares
+from ..lab.prefetch import run_consumers, shares
 from .core import HEADROOM, Exercise, Wrong, measure_against_target, scratch_queue
 
 JOB_SECONDS = 0.02

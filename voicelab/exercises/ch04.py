@@ -16,6 +16,12 @@ one job at a time in the callback) and measures two things:
   parent imported (a Jupyter kernel's children carry more than a script's).
 
 At most ``cores`` * 2 processes and 32 threads per process.
+
+Example (in the notebook, after writing ``size_fleet``)::
+
+    from voicelab.exercises import ch04
+    ch04.q1.check(size_fleet)     # pass, or what is wrong and a hint
+    ch04.q1.hint()
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..broker import shared_broker
-from ..fleet import FleetTimeout, io_jobs, run_fleet, usable_cores
-from ..measure import sized
+from ..lab.fleet import FleetTimeout, io_jobs, run_fleet, usable_cores
+from ..lab.measure import sized
 from .core import HEADROOM, Exercise, Wrong, measure_against_target, scratch_queue
 
 JOB_SECONDS = 0.05

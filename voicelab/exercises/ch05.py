@@ -8,6 +8,12 @@ middle of the run and starts it again, then counts what arrived, what was
 confirmed and what was sent twice: every body must be there, every body
 returned as confirmed must be there, and duplicates are reported (allowed:
 at-least-once) but not refused.
+
+Example (in the notebook, after writing ``publish_all``)::
+
+    from voicelab.exercises import ch05
+    ch05.q1.check(publish_all)     # pass, or what is wrong and a hint
+    ch05.q1.hint()
 """
 
 from __future__ import annotations
@@ -19,8 +25,8 @@ from typing import Any, Callable
 import pika
 
 from ..broker import Broker, own_broker
-from ..durability import wait_metadata_flush
-from ..measure import sized
+from ..lab.durability import wait_metadata_flush
+from ..lab.measure import sized
 from ..publishing import ReliablePublisher
 from ..queues import drain
 from .core import Exercise, Wrong, scratch_name

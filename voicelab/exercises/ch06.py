@@ -16,6 +16,12 @@ always fails, consumes with your function (channel in confirm mode, prefetch 1)
 and checks each outcome: done after 1 call; done after exactly N calls; poison
 in the DLQ after no call, with its reason; the always-failing job in the DLQ
 after exactly ``max_attempts`` calls, with its reason; nothing left, nothing twice.
+
+Example (in the notebook, after writing ``retry_policy``)::
+
+    from voicelab.exercises import ch06
+    ch06.q1.check(retry_policy)     # pass, or what is wrong and a hint
+    ch06.q1.hint()
 """
 
 from __future__ import annotations

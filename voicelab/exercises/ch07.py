@@ -9,6 +9,12 @@ columns of :data:`voicelab.alerts.COLUMNS`: ``t`` in s, ``ready``, ``unacked``, 
 The checker replays scenarios recorded on a real broker (``voicelab/data/alert_scenarios.csv``), then
 runs two live ones on the broker (a healthy queue and a growing backlog): your rule must fire on each
 scenario that needs a human, and never on the healthy ones.
+
+Example (in the notebook, after writing ``alert``)::
+
+    from voicelab.exercises import ch07
+    ch07.q1.check(alert)     # pass, or what is wrong and a hint
+    ch07.q1.hint()
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from ..alerts import SCENARIOS, evaluate, run_scenarios
+from ..alerts import evaluate
 from ..broker import shared_broker
+from ..lab.alert_scenarios import SCENARIOS, run_scenarios
 from .core import Exercise, Wrong
 
 MUST_FIRE = ("growing backlog", "no consumers")
@@ -42,7 +49,7 @@ def alert(window: pd.DataFrame) -> bool:
 
 
 def recorded() -> pd.DataFrame:
-    """The recorded scenarios (one row per queue per 0.5 s tick), as :func:`voicelab.alerts.run_scenarios` returns."""
+    """The recorded scenarios (one row per queue per 0.5 s tick), as :func:`voicelab.alert_scenarios.run_scenarios` returns."""
     text = resources.files("voicelab").joinpath("data/alert_scenarios.csv").read_text()
     return pd.read_csv(StringIO(text), comment="#")
 

@@ -12,6 +12,12 @@ catch; the connection dies with it, as with a killed process), the broker force-
 connection (management API), and poison messages arrive. A supervisor starts a fresh worker after each
 crash. Then it counts: every job applied once with the right result, every poison message in the DLQ,
 nothing lost.
+
+Example (in the notebook, after writing ``worker``)::
+
+    from voicelab.exercises import ch08
+    ch08.q1.check(worker)     # pass, or what is wrong and a hint
+    ch08.q1.hint()
 """
 
 from __future__ import annotations

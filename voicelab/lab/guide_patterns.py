@@ -8,7 +8,7 @@ assert it.
 
 - :class:`ConcurrentProcessor` ("Thread Pool with RabbitMQ", "The Pattern We
   Use"): acks from ``ThreadPoolExecutor`` threads on a ``BlockingConnection``,
-  which is not thread safe. Do instead: :class:`voicelab.concurrency.ThreadPoolConsumer`.
+  which is not thread safe. Do instead: :class:`voicelab.consumers.ThreadPoolConsumer`.
 
 Example::
 
@@ -18,6 +18,8 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import multiprocessing
 import os
@@ -31,8 +33,8 @@ from typing import Any, Callable
 
 import pika
 
-from .broker import Broker
-from .queues import refill, wait_for_consumers, wait_stable
+from ..broker import Broker, free_port
+from ..queues import dlq_name, refill, wait_for_consumers, wait_stable
 
 
 class ConcurrentProcessor:
@@ -224,7 +226,6 @@ def run_guide_retry_counter(broker: Broker, queue: str = "guide_retry", redelive
 
         run_guide_retry_counter(broker)   # {'x-retry-count seen': [0, 0, 0, 0, 0], 'in DLQ': 0, ...}
     """
-    from .queues import dlq_name
 
     if not isinstance(redeliveries, int) or redeliveries < 1:
         raise ValueError(f"redeliveries must be an int >= 1, got {redeliveries!r}")
@@ -298,10 +299,7 @@ def run_guide_robust_consumer(host: str = "127.0.0.1", port: int | None = None) 
         # {'raised': 'UnboundLocalError', 'is a NameError': True, 'connect attempts': 1,
         #  'real error (never shown)': 'AMQPConnectionError: ...', ...}
     """
-    import contextlib
-    import io
 
-    from .broker import free_port
 
     params = pika.ConnectionParameters(host=host, port=port or free_port(), connection_attempts=1, socket_timeout=1)
     out = io.StringIO()

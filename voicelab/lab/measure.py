@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, TypeVar
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import FuncFormatter, NullFormatter
 from tqdm.auto import tqdm
 
 T = TypeVar("T")
@@ -79,7 +80,6 @@ def human(x: float, unit: str = "") -> str:
 
 def human_axis(axis: Any) -> None:
     """Label an axis's ticks with :func:`human` (``15k`` rather than ``1.5e+04`` or ``10^4``)."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     axis.set_major_formatter(FuncFormatter(lambda v, _: human(v)))
     if axis.get_scale() == "log":

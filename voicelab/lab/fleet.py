@@ -21,14 +21,17 @@ import json
 import math
 import multiprocessing
 import os
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+import matplotlib.pyplot as plt
 import pika
 
-from .broker import Broker
-from .concurrency import ThreadPoolConsumer
-from .queues import publish_bodies, reset_queue, wait_for_consumers
+from ..broker import Broker, UrlBroker
+from ..consumers import ThreadPoolConsumer
+from ..queues import publish_bodies, reset_queue, wait_for_consumers
+from .measure import add_caption, plot_sweep
 
 if TYPE_CHECKING:  # not at run time: worker processes import this module, and their memory is measured
     import matplotlib.pyplot as plt
@@ -76,7 +79,6 @@ def do_job(body: bytes) -> None:
 
 def _worker_main(url: str, queue: str, threads: int, prefetch: int, ready: Any, stop: Any, done: Any) -> None:
     """Child process: consume with ``threads`` pool threads (0: jobs run in the callback, one at a time)."""
-    from .broker import UrlBroker
 
     broker = UrlBroker(url)
 
@@ -102,7 +104,6 @@ def _worker_main(url: str, queue: str, threads: int, prefetch: int, ready: Any, 
         return
     consumer = ThreadPoolConsumer(broker, queue, do_job, threads=threads, prefetch=prefetch, on_settled=count_ack)
     ready.release()
-    import threading
 
     threading.Thread(target=lambda: (stop.wait(), consumer.stop()), daemon=True).start()
     consumer.run()
@@ -230,12 +231,10 @@ def run_fleet(broker: Broker, queue: str, jobs: list[dict[str, Any]], processes:
 def plot_fleet(runs: "pd.DataFrame", caption: str = "", cores: int | None = None) -> "plt.Figure":
     """Jobs/s against processes or threads, one panel per ``kind`` of job, and the memory the first kind's fleet used.
 
-    ``runs`` is a :func:`voicelab.measure.sweep` of :func:`run_fleet` over ``kind``, ``model``
+    ``runs`` is a :func:`voicelab.lab.measure.sweep` of :func:`run_fleet` over ``kind``, ``model``
     (``"processes"`` or ``"threads"``) and ``level``; a dotted line marks the machine's ``cores``.
     """
-    import matplotlib.pyplot as plt  # here, not at the top: worker processes import this module
 
-    from .measure import add_caption, plot_sweep
 
     cores = cores or usable_cores()
     kinds = list(dict.fromkeys(runs["kind"]))

@@ -24,11 +24,12 @@ from typing import Any
 import pandas as pd
 import pika
 
-from .broker import Broker, BrokerError, UrlBroker
-from .deadletters import list_dead_letters
-from .publishing import PublishFailed, ReliablePublisher
-from .queues import confirm_mode, dlq_name, job_properties
-from .retry import RetryPolicy, declare_retry_queue, run_worker
+from ..broker import Broker, BrokerError, UrlBroker, free_port, mask_url
+from ..deadletters import list_dead_letters
+from ..publishing import PublishFailed, ReliablePublisher
+from ..queues import confirm_mode, dlq_name, job_properties
+from ..retry import RetryPolicy, declare_retry_queue
+from .retries import run_worker
 
 MAX_MESSAGE_SIZE_DEFAULT = {(3, 10): 134_217_728, (4, 0): 16_777_216}
 """``max_message_size`` by default: 128 MiB up to 3.13, 16 MiB from 4.0 (``deps/rabbit/Makefile`` of v3.10.8,
@@ -139,7 +140,6 @@ def connect_tour(broker: Broker) -> pd.DataFrame:
 
     One row per case: ``url`` (password masked) and ``outcome``.
     """
-    from .broker import free_port, mask_url
 
     good = broker.amqp_url
     base = f"{broker.host}:{broker.port}"

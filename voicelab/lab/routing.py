@@ -22,7 +22,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from .queues import confirm_mode, drain
+from ..queues import confirm_mode, drain
 
 KINDS = ("direct", "fanout", "topic", "headers")
 LANGUAGES = ("en", "de", "fr")

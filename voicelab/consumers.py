@@ -2,7 +2,7 @@
 
 pika is not thread safe: a ``BlockingConnection`` and its channels belong to
 the thread that made them. The guide's ``ConcurrentProcessor`` (in
-:mod:`voicelab.guide_patterns`, to watch it fail) acks from pool threads and
+:mod:`voicelab.lab.guide_patterns`, to watch it fail) acks from pool threads and
 the connection dies within moments. :class:`ThreadPoolConsumer`
 runs the work on a pool and hands every ack back to the connection's thread
 with ``connection.add_callback_threadsafe``; that thread keeps pumping the

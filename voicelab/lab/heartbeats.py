@@ -31,12 +31,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal
 
+import matplotlib.pyplot as plt
+import pandas as pd
 import pika
 import pika.exceptions
 
-from .broker import Broker
-from .concurrency import ThreadPoolConsumer
-from .queues import drain, refill, wait_for_consumers, wait_stable
+from ..broker import Broker
+from ..consumers import ThreadPoolConsumer
+from ..queues import drain, refill, wait_for_consumers, wait_stable
+from .measure import add_caption
 
 if TYPE_CHECKING:
     import matplotlib.pyplot as plt
@@ -180,7 +183,6 @@ def heartbeat_sweep(broker: Broker, job_seconds: Iterable[float] = (2, 4, 6, 8),
     ``"survived"`` when the broker got the ack (the message is gone), ``"dropped"`` when it closed the
     connection first and the message was back in the queue.
     """
-    import pandas as pd
 
     cases = [("blocking callback", s) for s in job_seconds] + [(off_thread_style, s) for s in off_thread]
     with ThreadPoolExecutor(len(cases), thread_name_prefix="voicelab-heartbeat") as pool:
@@ -213,9 +215,7 @@ def threshold_intervals(runs: "pd.DataFrame", style: Style = "blocking callback"
 def plot_heartbeats(runs: "pd.DataFrame", caption: str = "") -> "plt.Axes":
     """Each job of a :func:`heartbeat_sweep` at its length: survived (green) or dropped (red), per consumer style,
     a bar where the broker closed the connection; the band marks 2 to 3 heartbeat intervals."""
-    import matplotlib.pyplot as plt
 
-    from .measure import add_caption
 
     heartbeat = float(runs["heartbeat_s"].iloc[0])
     styles = list(dict.fromkeys(runs["style"]))

@@ -26,11 +26,15 @@ if TYPE_CHECKING:  # not at run time: the consumer child process imports this mo
     import matplotlib.pyplot as plt
     import pandas as pd
 
+import matplotlib.pyplot as plt
+import pandas as pd
 import pika
 import pika.exceptions
 
-from .broker import Broker, UrlBroker
-from .queues import dlq_name, drain, refill, settled, wait_for_consumers, wait_stable
+from ..broker import Broker, UrlBroker
+from ..management import Management
+from ..queues import dlq_name, drain, refill, settled, wait_for_consumers, wait_stable
+from .measure import add_caption
 
 
 def consumer_main(url: str, queue: str, auto_ack: bool, prefetch: int, job_seconds: float, log_path: str) -> None:
@@ -161,9 +165,7 @@ def forgotten_acks(broker: Broker, queue: str, n: int, hold: float = 8.0, after:
     management API) and how many of the ``n`` messages came back flagged ``redelivered``.
     The management API's queue counters refresh every 5 s, so each phase lasts longer than that.
     """
-    import pandas as pd
 
-    from .management import Management
 
     mgmt = Management(broker)
     with broker.connect() as connection:
@@ -268,7 +270,6 @@ def crash_parts(crashes: "pd.DataFrame") -> "pd.DataFrame":
     >>> crash_parts(pd.DataFrame([{"processed": 31, "requeued": 570, "twice": 1, "lost": 0}])).iloc[0].tolist()
     [30, 1, 569, 0]
     """
-    import pandas as pd
 
     return pd.DataFrame({"processed": crashes["processed"] - crashes["twice"],
                          "processed, then requeued (runs twice)": crashes["twice"],
@@ -284,9 +285,7 @@ def plot_crashes(crashes: "pd.DataFrame", title: str = "A consumer process kille
     left: it will run twice); back in the queue unprocessed; lost. The parts add up to the messages sent.
     ``crashes`` has one row per run (its ``repeat`` column counts the repeats).
     """
-    import matplotlib.pyplot as plt
 
-    from .measure import add_caption
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 2.6))
@@ -304,9 +303,7 @@ def plot_crashes(crashes: "pd.DataFrame", title: str = "A consumer process kille
 
 def plot_forgotten_acks(samples: "pd.DataFrame", caption: str = "", ax: "plt.Axes | None" = None) -> "plt.Axes":
     """The ready and unacked counters of :func:`forgotten_acks` over time; a dashed line where the channel closed."""
-    import matplotlib.pyplot as plt
 
-    from .measure import add_caption
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3))

@@ -24,9 +24,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pika
 
-from .broker import Broker
+from ..broker import Broker
+from ..queues import publish_bodies, queue_counts, refill, wait_for_consumers
 from .measure import add_caption
-from .queues import publish_bodies, queue_counts, refill, wait_for_consumers
 
 
 def uneven_durations(n: int, short: float = 0.01, long: float = 0.2, every: int = 5) -> list[float]:

@@ -20,9 +20,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pika
 
-from .broker import Broker
+from ..broker import Broker
+from ..queues import publish_bodies, refill, reset_queue
 from .measure import add_caption, plot_sweep
-from .queues import publish_bodies, refill, reset_queue
 
 
 def fill_queue(broker: Broker, queue: str, n: int, size: int = 100) -> None:

@@ -31,10 +31,15 @@ import pandas as pd
 import pika
 import pika.exceptions
 
-from .broker import Broker
+from ..broker import Broker
+from ..publishing import (
+    BrokerGone,
+    ReliablePublisher,
+    publish_confirmed,
+    publish_unconfirmed,
+)
+from ..queues import drain, settled
 from .measure import add_caption
-from .publishing import BrokerGone, ReliablePublisher, publish_confirmed, publish_unconfirmed
-from .queues import drain, settled
 
 QUEUE_KINDS: dict[str, dict[str, Any]] = {
     "classic durable": {"durable": True},
