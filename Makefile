@@ -1,5 +1,5 @@
 # make lab   : create .venv if missing, install, check that a broker can be had, open JupyterLab
-# make test  : same bootstrap, then the whole suite: unit tests (TEST_WORKERS at a time), every notebook under nbval
+# make test  : same bootstrap, then the whole suite in lanes: unit tests and every notebook under nbval
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -20,12 +20,11 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 lab: doctor
 	$(VENV)/bin/jupyter lab $(ROOT_FLAG) notebooks/
 
-# Units in parallel (they mostly wait on brokers starting, restarting, timing out), then the notebooks one at a
-# time (they measure rates and cores). `pytest` alone runs both serially.
+# Lanes (tests/lanes.py): the unit tests (TEST_WORKERS pytest-xdist workers) beside the notebooks that count,
+# each on its own brokers; then, alone, the notebooks that measure rates and cores. `pytest` alone runs it all serially.
 TEST_WORKERS ?= 4
 test: doctor
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests
-	$(PY) -m pytest notebooks
+	$(PY) tests/lanes.py --workers $(TEST_WORKERS)
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -1,16 +1,20 @@
 """Fixtures: real brokers on every backend and RabbitMQ version CI provides (see ``helpers``).
 
+``any_broker`` (per version) and ``each_backend`` (per version and backend) are shared by the whole
+session; ``fresh_broker`` starts a test's own, to kill, restart or configure, and stops it afterwards.
+
 Notebooks: pytest fixtures never run for notebook cells, so when notebooks are
 collected one broker is started here and its URL exported for their kernels.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import uuid
-from typing import Any
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -51,6 +55,20 @@ def as_shared(any_broker: vb.Broker):
     """Make ``any_broker`` the one that ``shared_broker()`` (exercise checkers) returns."""
     with vb.sharing(any_broker):
         yield any_broker
+
+
+@pytest.fixture
+def fresh_broker() -> Iterator[Callable[..., vb.Broker]]:
+    """Start a broker of the test's own: ``fresh_broker(backend, image=None, settings=None)`` (see
+    ``helpers.start_backend``); every broker it started is stopped when the test ends, however it ends.
+
+    For a test that kills, restarts or configures its broker, which the session's shared ones must not be.
+    """
+    with contextlib.ExitStack() as started:
+        def start(backend: str, image: str | None = None, settings: dict[str, int] | None = None) -> vb.Broker:
+            return started.enter_context(start_backend(backend, image, settings))
+
+        yield start
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""What the tests share: which brokers to run on, how to start one, how to find a leaked one.
+"""What the tests share: which brokers to run on, how to start one, how to find a leaked one or a checker's leftovers.
 
 - ``VOICELAB_TEST_IMAGES``: comma-separated images the container tests run on
   (CI: the three offline images); default: ``VOICELAB_RABBITMQ_IMAGE`` or the official one.
@@ -16,6 +16,7 @@ from typing import Callable
 import pytest
 
 from voicelab import broker as vb
+from voicelab.management import Management
 
 REQUIRE = os.environ.get("VOICELAB_REQUIRE_BACKENDS") == "1"
 
@@ -76,12 +77,40 @@ def require(backend: str) -> None:
         unavailable("rabbitmq-server is not installed")
 
 
-def start_backend(backend: str, image: str | None, settings: dict[str, int] | None = None) -> vb.Broker:
-    """Start a broker of ``backend``, skipping (or failing, in CI) when this machine has none."""
+def start_backend(backend: str, image: str | None = None, settings: dict[str, int] | None = None) -> vb.Broker:
+    """Start a broker of ``backend``, skipping (or failing, in CI) when this machine has none.
+
+    ``backend``: ``"container"`` (of ``image``), ``"local"``, or ``"auto"``: whatever
+    :func:`voicelab.broker.start_broker` picks, as a learner's notebook would (no ``settings`` then).
+    Tests start their own broker through the ``fresh_broker`` fixture, which stops it.
+    """
+    if backend == "auto":
+        if settings:
+            raise ValueError(f"settings: not with backend='auto' (start_broker takes none), got {settings!r}")
+        return vb.start_broker("auto", image)
     require(backend)
     if backend == "container":
         return vb.ContainerBroker(image, settings).start()
     return vb.LocalBroker(settings=settings).start()
+
+
+def newest_backend() -> tuple[str, str | None]:
+    """``(backend, image)`` of the newest RabbitMQ this machine runs: the newest image, else (no Docker engine,
+    outside CI) the local node."""
+    return ("container", images()[-1]) if REQUIRE or vb.docker_engine()[0] else ("local", None)
+
+
+def scratch_leftovers(broker: vb.Broker) -> list[str]:
+    """Queues and exchanges named ``check.*`` (an exercise checker's scratch names) on ``broker``.
+
+    Asked of the management API, which lists a declare or a delete at once.
+    """
+    mgmt = Management(broker)
+    try:
+        return sorted(o["name"] for kind in ("queues", "exchanges")
+                      for o in mgmt.get(f"{kind}/{mgmt.vhost}?columns=name") if o["name"].startswith("check."))
+    finally:
+        mgmt.close()
 
 
 def beam_processes(marker: str) -> list[str]:
@@ -95,7 +124,8 @@ def owned_containers(pid: int | None = None, run: str | None = None) -> list[str
     ok, _ = vb.docker_engine()
     if not ok:
         return []
-    label = f"org.voicelab.run-id={run}" if run else f"org.voicelab.owner-pid={pid}" if pid else "org.voicelab.owner-pid"
+    label = (f"org.voicelab.run-id={run}" if run else f"org.voicelab.owner-pid={pid}" if pid
+             else "org.voicelab.owner-pid")
     out = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={label}"], capture_output=True, text=True)
     return out.stdout.split()
 
@@ -105,8 +135,10 @@ def left_behind(pid: int) -> list[str]:
     return owned_containers(pid) + beam_processes(f"voicelab-node-{pid}-")
 
 
-def interrupt_after(proc: "subprocess.Popen[str]", ready: Callable[[str], bool]) -> tuple[str, str]:
-    """Read ``proc``'s output until a line satisfies ``ready``, check it has a broker running, send SIGINT.
+def interrupt_after(proc: "subprocess.Popen[str]", ready: Callable[[str], bool],
+                    signum: int = signal.SIGINT) -> tuple[str, str]:
+    """Read ``proc``'s output until a line satisfies ``ready``, check it has a broker running, send ``signum``
+    (Ctrl-C's SIGINT, or SIGTERM as a service manager sends).
 
     Returns (output before the signal, output after). The process never outlives this call.
     """
@@ -116,8 +148,9 @@ def interrupt_after(proc: "subprocess.Popen[str]", ready: Callable[[str], bool])
             lines.append(line)
             if ready(line):
                 break
-        assert left_behind(proc.pid), "a broker should be running before Ctrl-C:\n" + "".join(lines)
-        proc.send_signal(signal.SIGINT)
+        name = signal.Signals(signum).name
+        assert left_behind(proc.pid), f"a broker should be running before {name}:\n" + "".join(lines)
+        proc.send_signal(signum)
         return "".join(lines), proc.communicate(timeout=60)[0]
     finally:
         if proc.poll() is None:

@@ -1,9 +1,11 @@
 """``voicelab bench`` on real brokers: every case runs and is counted on the broker, the CSV round-trips,
-the reference consumers ack exactly what they say, the CLI reports and cleans up. No timing assertions:
-the rates depend on the machine; only the counts and the shape of the report are checked."""
+the reference consumers ack exactly what they say, the CLI reports and cleans up, and the bench measures the
+library, not a lesson. No timing assertions: the rates depend on the machine; only the counts and the shape of
+the report are checked."""
 
 from __future__ import annotations
 
+import ast
 import doctest
 import os
 import signal
@@ -18,7 +20,6 @@ from helpers import images, interrupt_after, left_behind, require
 from voicelab import bench
 from voicelab import broker as vb
 from voicelab.management import Management
-from voicelab.lab.throughput import consume_push
 
 TINY = 0.01  # 30 messages per publishing case, 100 per consuming case
 
@@ -54,13 +55,13 @@ def test_ratios_pair_cases_of_the_same_repeat(tiny_runs: pd.DataFrame) -> None:
         per_repeat = [rates[(k, row["numerator"])] / rates[(k, row["denominator"])] for k in (0, 1)]
         assert row["min"] == pytest.approx(min(per_repeat)) and row["max"] == pytest.approx(max(per_repeat))
     targets = r[r["target"].notna()]
-    assert len(targets) == 5 and set(targets["verdict"]) <= {"PASS", "MISS"}
+    assert len(targets) == 2 and set(targets["verdict"]) <= {"PASS", "MISS"}
     assert (r.loc[r["target"].isna(), "verdict"] == "").all()
     text = bench.format_report(tiny_runs, "header line")
     assert text.startswith("header line")
     for case in tiny_runs["case"].unique():
         assert case in text
-    assert text.count("PASS") + text.count("MISS") == 5 and "WRONG" not in text
+    assert text.count("PASS") + text.count("MISS") == 2 and "WRONG" not in text
 
 
 def test_csv_round_trips(tiny_runs: pd.DataFrame, tmp_path: Path) -> None:
@@ -76,26 +77,28 @@ def test_csv_round_trips(tiny_runs: pd.DataFrame, tmp_path: Path) -> None:
 
 
 def test_reference_consumers_ack_exactly_n(any_broker: vb.Broker) -> None:
-    """The bare loop and consume_push ack n of n + 50 (the rest is back in the queue); the pool acks all n.
+    """The bare loop acks n of n + 50 (the rest is back in the queue); the pool acks all n, from a quorum queue too.
 
     Counted twice on the broker: messages left in the queue, and the queue's own ack counter.
     """
     n, extra = 300, 50
-    for queue, consume in [("t.bench.bare", bench.consume_bare), ("t.bench.push", consume_push)]:
-        bench.fill(any_broker, queue, n + extra)
-        assert consume(any_broker, queue, n, prefetch=20) > 0
-        assert bench._ready(any_broker, queue) == extra, queue
-    bench.fill(any_broker, "t.bench.pool", n)
-    rate, acked = bench.consume_pool(any_broker, "t.bench.pool", n, threads=4)
-    assert rate > 0 and acked == n and bench._ready(any_broker, "t.bench.pool") == 0
+    bench.fill(any_broker, "t.bench.bare", n + extra)
+    assert bench.consume_bare(any_broker, "t.bench.bare", n, prefetch=20) > 0
+    assert bench.ready(any_broker, "t.bench.bare") == extra
+    for queue, queue_type in [("t.bench.pool", "classic"), ("t.bench.quorum", "quorum")]:
+        bench.fill(any_broker, queue, n, queue_type)
+        assert bench.ready(any_broker, queue) == n, queue
+        rate, acked = bench.consume_pool(any_broker, queue, n, threads=4)
+        assert rate > 0 and acked == n and bench.ready(any_broker, queue) == 0, queue
+    queues = ("t.bench.bare", "t.bench.pool", "t.bench.quorum")
     mgmt = Management(any_broker)
     try:
-        for queue in ("t.bench.bare", "t.bench.push", "t.bench.pool"):
+        for queue in queues:
             mgmt.wait_for(queue, lambda q: q.get("message_stats", {}).get("ack") == n, timeout=20)
     finally:
         mgmt.close()
     with any_broker.connect() as connection:
-        for queue in ("t.bench.bare", "t.bench.push", "t.bench.pool"):
+        for queue in queues:
             connection.channel().queue_delete(queue)
 
 
@@ -123,8 +126,21 @@ def test_wrong_arguments_are_named(any_broker: vb.Broker) -> None:
 
 
 def test_docstring_examples() -> None:
-    result = doctest.testmod(bench)
-    assert result.attempted >= 3 and result.failed == 0
+    results = [doctest.testmod(m) for m in (bench, bench.cases, bench.report, bench.clients)]
+    assert sum(r.attempted for r in results) >= 6 and sum(r.failed for r in results) == 0
+
+
+def test_the_bench_imports_no_lesson_experiment() -> None:
+    """It measures the library: from the lab it may use run sizes, progress bars and captions, nothing else."""
+    imported = []
+    for path in Path(bench.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                imported += [f"{node.module or ''}.{alias.name}".split(".") for alias in node.names]
+            elif isinstance(node, ast.Import):
+                imported += [alias.name.split(".") for alias in node.names]
+    from_lab = {".".join(parts[parts.index("lab"):]) for parts in imported if "lab" in parts}
+    assert all(name.startswith("lab.measure.") for name in from_lab), from_lab
 
 
 def _cli(*args: str, env: dict[str, str], **kw) -> subprocess.Popen:
@@ -139,7 +155,7 @@ def test_cli_prints_the_table_and_writes_csv(any_broker: vb.Broker, tmp_path: Pa
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, out
     assert f"RabbitMQ {any_broker.version}" in out and "load average" in out
-    assert "msg/s median" in out and out.count("PASS") + out.count("MISS") == 5, out
+    assert "msg/s median" in out and out.count("PASS") + out.count("MISS") == 2, out
     runs = bench.read_csv(tmp_path / "b.csv")
     assert len(runs) == len(bench.CASES) and (runs.counted == runs.n).all()
 

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from voicelab import broker as vb
-from voicelab.broker import choice
+from voicelab.broker import obtain
 from voicelab.lab.durability import wait_metadata_flush
 
 
@@ -119,7 +119,7 @@ def test_url_backend_uses_the_broker_and_refuses_to_crash_it(each_backend: vb.Br
 def test_no_backend_names_all_three_ways(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VOICELAB_AMQP_URL", raising=False)
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")  # a real probe that fails
-    monkeypatch.setattr(choice, "find_rabbitmq_server", lambda: None)
+    monkeypatch.setattr(obtain, "find_rabbitmq_server", lambda: None)
     with pytest.raises(vb.BrokerUnavailable) as e:
         vb.start_broker()
     text = str(e.value)

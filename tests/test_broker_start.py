@@ -105,24 +105,22 @@ def _unpullable_default(monkeypatch: pytest.MonkeyPatch) -> str:
     return vb.DEFAULT_IMAGE
 
 
-def test_auto_falls_back_to_local_when_docker_cannot_provide_the_image(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_falls_back_to_local_when_docker_cannot_provide_the_image(monkeypatch: pytest.MonkeyPatch,
+                                                                       fresh_broker) -> None:
     require("container")
     require("local")
     image = _unpullable_default(monkeypatch)
     with pytest.warns(vb.BackendFallback) as said:
-        broker = vb.start_broker()
-    try:
-        assert broker.backend == "local"
-        with broker.connect():
-            pass
-        fallbacks = [w for w in said if issubclass(w.category, vb.BackendFallback)]
-        assert len(fallbacks) == 1, "say it once"
-        line = str(fallbacks[0].message)
-        assert "\n" not in line and line == broker.notice
-        assert line.startswith(f"Docker could not provide {image}") and \
-            line.endswith(f"using the local rabbitmq-server {broker.version} instead"), line
-    finally:
-        broker.stop()
+        broker = fresh_broker("auto")
+    assert broker.backend == "local"
+    with broker.connect():
+        pass
+    fallbacks = [w for w in said if issubclass(w.category, vb.BackendFallback)]
+    assert len(fallbacks) == 1, "say it once"
+    line = str(fallbacks[0].message)
+    assert "\n" not in line and line == broker.notice
+    assert line.startswith(f"Docker could not provide {image}") and \
+        line.endswith(f"using the local rabbitmq-server {broker.version} instead"), line
 
 
 @pytest.mark.parametrize("explicit", ["VOICELAB_BACKEND=container", "VOICELAB_RABBITMQ_IMAGE", "backend argument"])

@@ -39,6 +39,28 @@ def test_ctrl_c_on_cli_broker_cleans_up(backend: str, inherited: str) -> None:
     assert left_behind(proc.pid) == []
 
 
+def test_sigterm_on_cli_broker_cleans_up() -> None:
+    """`kill PID` (SIGTERM, what a service manager sends) stops `python -m voicelab broker` like Ctrl-C."""
+    require("container")
+    proc = subprocess.Popen([sys.executable, "-m", "voicelab", "broker", "--backend", "container"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_child_env())
+    try:
+        lines = []
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if "Press Ctrl-C" in line:
+                break
+        assert left_behind(proc.pid), "a broker should be running before SIGTERM:\n" + "".join(lines)
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and "broker stopped" in out, "".join(lines) + out
+    assert left_behind(proc.pid) == []
+
+
 @pytest.mark.parametrize("backend", ["container", "local"])
 def test_exit_without_stop_cleans_up(backend: str) -> None:
     """A script (or a notebook kernel) that ends, even by KeyboardInterrupt, stops its brokers at exit."""

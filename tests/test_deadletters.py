@@ -4,15 +4,16 @@ and the ``python -m voicelab dlq`` verb does the same from a shell."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
 
-from voicelab import deadletters, retry
+from voicelab import cli, deadletters, retry
 from voicelab.lab import retries
 from voicelab.jobs import VoiceJob
-from voicelab.queues import dlq_name, queue_counts
+from voicelab.queues import dlq_name, publish_bodies, queue_counts
 
 
 @pytest.fixture
@@ -25,15 +26,15 @@ def filled(any_broker):
         channel = connection.channel()
         retry.delete_retry_queue(channel, queue, policy)
         retry.declare_retry_queue(channel, queue, policy)
-        retry.publish_jobs(channel, queue, [b"not json", doomed])
+        publish_bodies(channel, queue, [b"not json", doomed])
 
     def handler(job, attempt):
         raise retry.TransientError("speech service down")
 
-    retries.run_worker(any_broker, queue, handler, policy, idle=0.3)
+    retries.run_retry_worker(any_broker, queue, handler, policy, idle=0.3)
     with any_broker.connect() as connection:   # a message the broker dead-letters itself: reject, no requeue
         channel = connection.channel()
-        retry.publish_jobs(channel, queue, [rejected])
+        publish_bodies(channel, queue, [rejected])
         method, _, _ = channel.basic_get(queue)
         channel.basic_reject(method.delivery_tag, requeue=False)
     yield any_broker, queue, doomed, rejected
@@ -88,11 +89,50 @@ def test_cli_lists_replays_and_purges(filled) -> None:
         assert queue_counts(connection.channel(), queue) == 1
 
 
-def test_bad_arguments_are_named() -> None:
+def test_cli_reads_the_dlq_by_either_name(filled) -> None:
+    """QUEUE or QUEUE.dlq name the same DLQ, from a shell as from Python."""
+    broker, queue, doomed, rejected = filled
+    env = {**os.environ, "VOICELAB_AMQP_URL": broker.amqp_url}
+    done = subprocess.run([sys.executable, "-m", "voicelab", "dlq", "list", dlq_name(queue)], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert done.returncode == 0 and f"3 message(s) in {dlq_name(queue)}" in done.stdout, done.stdout + done.stderr
+    with broker.connect() as connection:
+        assert len(deadletters.list_dead_letters(connection.channel(), dlq_name(queue))) == 3
+
+
+def _dlq_cli_fails(*args: str, env: dict[str, str]) -> str:
+    """Run ``python -m voicelab dlq ARGS``; it must fail with one line on stderr, no traceback. Returns that line."""
+    done = subprocess.run([sys.executable, "-m", "voicelab", "dlq", *args], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("error: "), done.stderr
+    return done.stderr
+
+
+def test_cli_says_in_one_line_when_the_broker_or_the_queue_is_missing(any_broker) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "VOICELAB_AMQP_URL"}
+    with socket.socket() as s:   # a port nothing listens on: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        nobody = f"amqp://guest:guest@127.0.0.1:{s.getsockname()[1]}/%2F"
+        assert "connection refused" in _dlq_cli_fails("list", "voice_jobs", "--url", nobody, env=env)
+    assert "not valid" in _dlq_cli_fails("list", "voice_jobs", "--url", "amqp://", env=env)
+    missing = "test.dlq.never.declared"
+    with any_broker.connect() as connection:
+        connection.channel().queue_delete(dlq_name(missing))
+    for action in ("list", "replay", "purge"):
+        line = _dlq_cli_fails(action, missing, "--url", any_broker.amqp_url, env=env)
+        assert "NOT_FOUND" in line and dlq_name(missing) in line, line
+
+
+def test_bad_arguments_are_named(channel) -> None:
     with pytest.raises(ValueError, match="queue"):
-        deadletters.dlq_of("")
+        dlq_name("")
+    for call in (deadletters.list_dead_letters, deadletters.purge, deadletters.replay):
+        with pytest.raises(ValueError, match="queue"):
+            call(channel, "")
     with pytest.raises(ValueError, match="action"):
-        deadletters.cli("show", "q", "amqp://localhost")
+        cli.dlq("show", "q", "amqp://localhost")
 
 
 # What these tests check differs between RabbitMQ versions: run them on every image (see conftest).

@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import time
 
+import pika
+import pika.exceptions
 import pytest
 
 from voicelab import broker as vb
 from helpers import backend_params, start_backend
 from voicelab.lab.acks import SETTLEMENTS, TIMEOUT_DEMO_SETTINGS, crash_consumer, hold_unacked, settle
-from voicelab.lab.prefetch import fill_jobs, run_consumers, shares, uneven_durations
+from voicelab.lab.prefetch import run_consumers, shares, timed_jobs, uneven_durations
 from voicelab.management import Management
-from voicelab.queues import dlq_name, drain, queue_counts, refill, wait_for_consumers
+from voicelab.jobs import VoiceJob
+from voicelab.queues import (
+    delete_job_queue,
+    dlq_name,
+    drain,
+    queue_counts,
+    refill,
+    reset_queue,
+    wait_for_consumers,
+)
 from voicelab.lab.routing import declare_routing, delete_routing, job_keys, landed, publish_keys
-from voicelab.lab.throughput import consume_pull, consume_push, fill_queue, publish_rate
+from voicelab.lab.throughput import consume_pull, consume_push, publish_rate
 
 
 def test_queue_chores(any_broker: vb.Broker, channel) -> None:
@@ -32,8 +43,27 @@ def test_queue_chores(any_broker: vb.Broker, channel) -> None:
         assert wait_for_consumers(channel, "t.chores", 0) == 0
         with pytest.raises(TimeoutError, match="1 consumer"):
             wait_for_consumers(channel, "t.chores", 1, timeout=0.2)
-    channel.queue_delete("t.chores")
-    channel.queue_delete(dlq_name("t.chores"))
+    job = VoiceJob.new("audio/a.wav", 1)
+    refill(channel, "t.chores", [job, b'{"job_id": "p"}', b"not json"])   # jobs carry their id as message_id
+    assert [(m.body, m.properties.message_id) for m in drain(channel, "t.chores")] == [
+        (job.to_json(), job.job_id), (b'{"job_id": "p"}', "p"), (b"not json", None)]
+    refill(channel, "t.chores", [b"x"] * 3, purge=True, confirm=False, persistent=False)
+    assert {m.properties.delivery_mode for m in drain(channel, "t.chores")} == {1}
+    with pytest.raises(ValueError, match="persistent"):
+        refill(channel, "t.chores", [b"x"], persistent=False, properties=pika.BasicProperties())
+    delete_job_queue(channel, "t.chores")
+
+
+def test_delete_job_queue_deletes_the_queue_and_its_dlq(any_broker: vb.Broker, channel) -> None:
+    refill(channel, "t.gone", [b"job"], dead_letters=True, arguments={"x-queue-type": "quorum"})
+    channel.basic_publish("", dlq_name("t.gone"), b"dead")
+    delete_job_queue(channel, "t.gone")
+    for queue in ("t.gone", dlq_name("t.gone")):
+        with any_broker.connect() as connection, pytest.raises(pika.exceptions.ChannelClosedByBroker, match="404"):
+            connection.channel().queue_declare(queue, passive=True)
+    delete_job_queue(channel, "t.gone")   # nothing left to delete: no error
+    with pytest.raises(ValueError, match="queue"):
+        delete_job_queue(channel, "")
 
 
 def test_topic_routing_and_unroutable(any_broker: vb.Broker, channel) -> None:
@@ -63,14 +93,14 @@ def test_throughput_helpers_move_every_message(any_broker: vb.Broker, channel) -
     helper times part of the call), nor above a million messages/s (a unit slip, or a clock that missed the work).
     """
     mgmt = Management(any_broker)
-    fill_queue(any_broker, "t.bench", 0)
+    reset_queue(channel, "t.bench", purge=True)
     published = lambda: mgmt.queue("t.bench").get("message_stats", {}).get("publish", 0)  # noqa: E731
     before = published()
     rate, wall = _timed(publish_rate, any_broker, "t.bench", 200, 1000, confirm=True)
     assert 200 / wall <= rate < 1e6, (rate, wall)
     mgmt.wait_for("t.bench", lambda q: q.get("message_stats", {}).get("publish", 0) - before >= 200, timeout=16)
     assert published() - before == 200, "the broker counted a different number of publishes"
-    fill_queue(any_broker, "t.bench", 300)
+    refill(channel, "t.bench", [b"x" * 100] * 300, purge=True, confirm=False, persistent=False)
     assert channel.queue_declare("t.bench", passive=True).method.message_count == 300
     rate, wall = _timed(consume_pull, any_broker, "t.bench", 100)
     assert 100 / wall <= rate < 1e6, (rate, wall)
@@ -102,9 +132,9 @@ def test_settlements(any_broker: vb.Broker, how: str) -> None:
     assert out["in dead-letter queue"] is how.endswith("requeue=False")
 
 
-def test_prefetch_fairness(any_broker: vb.Broker) -> None:
+def test_prefetch_fairness(any_broker: vb.Broker, channel) -> None:
     jobs = uneven_durations(30, short=0.005, long=0.05, every=3)
-    fill_jobs(any_broker, "t.fair", jobs)
+    refill(channel, "t.fair", timed_jobs(jobs), purge=True)
     greedy = shares(run_consumers(any_broker, "t.fair", 3, prefetch=0, stagger=0.1))
     # prefetch 1, all attached before the jobs come (a staggered start's shares depend on how fast each
     # consumer attaches, which a busy machine changes): whoever is free takes the next job

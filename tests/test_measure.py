@@ -40,3 +40,18 @@ def test_one_caption_per_figure() -> None:
     measure.add_caption(ax.figure, "second")
     assert [t.get_text() for t in ax.figure.texts] == ["second"]
     assert ax.figure.subplotpars.bottom >= 0.75 / ax.figure.get_figheight() - 1e-9
+
+
+def test_confirm_claim_measures_again_only_when_the_claim_fails() -> None:
+    measured: list[int] = []
+
+    def measure_again() -> int:
+        measured.append(1)
+        return 10 * len(measured)
+
+    assert measure.confirm_claim(50, lambda r: r > 20, measure_again) == 50 and measured == []
+    assert measure.confirm_claim(5, lambda r: r > 20, measure_again) == 10 and len(measured) == 1   # once by default
+    assert measure.confirm_claim(5, lambda r: r > 20, measure_again, again=3) == 30 and len(measured) == 3  # 20, 30
+    assert measure.confirm_claim(5, lambda r: r > 20, measure_again, again=0) == 5 and len(measured) == 3
+    with pytest.raises(ValueError, match="again"):
+        measure.confirm_claim(5, bool, measure_again, again=-1)

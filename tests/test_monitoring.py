@@ -1,4 +1,5 @@
-"""Monitoring on the real endpoints: the passive declare, the management API and Prometheus, and how fresh each is."""
+"""Monitoring on the real endpoints: the passive declare, the management API and Prometheus (the library), and
+how fresh each is (notebook 07's backlog experiment, in the lab)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pandas as pd
 
 from voicelab import broker as vb
 from voicelab import monitoring as mon
+from voicelab.lab import backlog
 from voicelab.management import Management
 from voicelab.queues import refill
 
@@ -44,7 +46,7 @@ def test_three_views_agree_once_settled_and_passive_lacks_the_rest(any_broker: v
     try:
         Management(any_broker).wait_for("mon_views", lambda q: q.get("messages_ready") == 12, timeout=15)
         deadline = time.monotonic() + 10
-        while (views := mon.three_views(any_broker, "mon_views")).loc["Prometheus", "ready"] != 12:
+        while (views := backlog.three_views(any_broker, "mon_views")).loc["Prometheus", "ready"] != 12:
             assert time.monotonic() < deadline
             time.sleep(0.2)
         assert (views["ready"] == 12).all(), views
@@ -61,20 +63,20 @@ def _change_intervals(samples: pd.DataFrame, col: str) -> pd.Series:
 
 
 def test_backlog_freshness_drain_prediction_and_live_view(any_broker: vb.Broker) -> None:
-    live = mon.LiveView(every=0.5)
-    run = mon.run_backlog(any_broker, "mon_backlog", publish_rate=30, ramp_s=6.0, consumers=2, job_s=0.025,
+    live = backlog.LiveView(every=0.5)
+    run = backlog.run_backlog(any_broker, "mon_backlog", publish_rate=30, ramp_s=6.0, consumers=2, job_s=0.025,
                           tail_s=5.2, on_sample=live)
     try:
         assert run.empty_at is not None and run.empty_at > run.consumers_at
         assert live.redraws >= 2 and live.fig.axes, "the view redrew during the run and drew the final figure"
-        stale = mon.staleness(run).groupby("source")["staleness_s"]
+        stale = backlog.staleness(run).groupby("source")["staleness_s"]
         # bounds that separate the sources (current / about 1 s / 5 s), with room for a busy machine: notebook 07
         # shows the measured figures
         assert stale.median()["passive declare"] <= 0.25
         assert stale.max()["Prometheus"] < min(4.0, stale.max()["management API"]), stale.max()
         assert _change_intervals(run.samples, "prom_ready").median() < 2.0
         assert _change_intervals(run.samples, "mgmt_ready").median() >= 4.0, "management figures step every 5 s"
-        pred = mon.drain_prediction(run)   # how close it came is a measurement: notebook 07 shows it
+        pred = backlog.drain_prediction(run)   # how close it came is a measurement: notebook 07 shows it
         assert pred["departures_per_s"] > pred["arrivals_per_s"] > 0, pred
         net = pred["departures_per_s"] - pred["arrivals_per_s"]
         assert pred["predicted_drain_s"] == pytest.approx(pred["depth"] / net), pred

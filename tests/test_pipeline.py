@@ -5,12 +5,13 @@ a kill -9, poison): zero lost, each job's effect applied once, the poison in the
 from __future__ import annotations
 
 import time
+from collections import Counter
+from pathlib import Path
 
-from helpers import images, start_backend
-from voicelab import broker as vb
+from helpers import newest_backend
 from voicelab import pipeline
-from voicelab.lab import chaos
 from voicelab.jobs import BlobStore, VoiceJob, expected_result, synth_speech, wav_bytes
+from voicelab.lab import chaos, chaos_report
 
 
 def _wait_done(service: pipeline.VoiceService, job_ids: list[str], timeout: float = 30.0) -> dict[str, dict]:
@@ -78,14 +79,45 @@ def test_result_files_apply_once_and_refuse_an_escaping_job_id() -> None:
             raise AssertionError("a job id that leaves the store must be refused")
 
 
-def test_small_chaos_run_loses_nothing_and_applies_each_job_once() -> None:
-    ok, _ = vb.docker_engine()
-    broker = start_backend("container", images()[-1]) if ok else start_backend("local", None)
-    try:
-        with BlobStore.temporary() as blobs:
-            run = chaos.run_chaos(broker, blobs, n=600, queue="test.chaos", poison_per_kind=2, progress=False)
-    finally:
-        broker.stop()
+def test_chaos_accounting_counts_lost_twice_applied_wrong_and_dead_lettered_jobs(tmp_path: Path) -> None:
+    """The chaos run's "zero lost" means something only if the accounting finds a loss when there is one."""
+    jobs = [VoiceJob.new(f"audio/{i}.wav", i) for i in range(4)]
+    log = pipeline.EventLog(tmp_path / "worker-0-0.log")
+    log.write("applied", jobs[0].job_id)
+    log.write("duplicate", jobs[0].job_id)      # redelivered, done again, applied once
+    log.write("applied", jobs[1].job_id)
+    log.write("applied", jobs[1].job_id)        # applied twice, and its result is wrong
+    log.write("dead-lettered", jobs[2].job_id)  # jobs[3]: never handled, not in the DLQ: lost
+    log.close()
+    with open(tmp_path / "worker-1-0.log", "w") as f:
+        f.write(f"{time.time():.3f} applied {jobs[3].job_id}")   # a killed writer's half line: not counted
+    ledger = chaos_report.Ledger(pipeline.LogTail(tmp_path))
+    ledger.read()
+    stored = {jobs[0].job_id: {"ok": 1}, jobs[1].job_id: {"ok": 0}}
+
+    def status(job_id: str) -> dict:
+        return {"status": "done", "result": stored[job_id]} if job_id in stored else {"status": "pending"}
+
+    reasons = {jobs[2].job_id: "cannot be done: KeyError", "poison-a": "poison: not JSON"}
+    table = chaos_report.job_table(jobs, status, lambda job: {"ok": 1}, {"poison-a": "not JSON", "poison-b": "x"},
+                                   reasons, ledger)
+    counts = chaos_report.job_counts(table, uploads=5, confirmed=4, left=0,
+                                     dead_letters=Counter({jobs[2].job_id: 1, "poison-a": 2}))
+    assert dict(table.set_index("job")["outcome"]) == {
+        jobs[0].job_id: "done", jobs[1].job_id: "done", jobs[2].job_id: "dead-lettered", jobs[3].job_id: "lost",
+        "poison-a": "dead-lettered", "poison-b": "lost"}
+    assert counts == {
+        "uploads": 5, "uploads confirmed": 4, "never uploaded": 1, "done": 2, "done, applied once": 1,
+        "handled twice or more, applied once": 1, "applied twice": 1, "wrong results": 1, "uploads dead-lettered": 1,
+        "poison sent": 2, "poison in DLQ with reason": 1, "dead-lettered twice": 1,
+        "lost": 3,   # jobs[3], poison-b, and the upload never made
+        "left in queue": 0}
+
+
+def test_small_chaos_run_loses_nothing_and_applies_each_job_once(fresh_broker) -> None:
+    broker = fresh_broker(*newest_backend())   # restarted and killed: a broker of its own
+    with BlobStore.temporary() as blobs:
+        run = chaos.run_chaos(broker, blobs, n=600, queue="test.chaos", poison_per_kind=2, progress=False)
     c = run.counts
     assert c["lost"] == 0 and c["left in queue"] == 0, c
     assert c["done"] == c["done, applied once"] == c["uploads confirmed"] == 600, c

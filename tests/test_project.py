@@ -1,16 +1,24 @@
-"""The project's own files agree: pyproject.toml and environment.yml, notebooks stored without outputs."""
+"""The project's own files agree (pyproject.toml and environment.yml, notebooks stored without outputs, the wheel),
+and voicelab's modules form layers: library <- lab <- tools (exercises, bench, CLI), no cycle, no plots in the library.
+"""
 
 from __future__ import annotations
 
+import ast
+import functools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import yaml
+
+from voicelab import broker as vb
 
 ROOT = Path(__file__).resolve().parents[1]
 CONDA_NAMES = {"docker": "docker-py", "prometheus-client": "prometheus_client"}  # PyPI name -> conda-forge name
@@ -42,8 +50,6 @@ def test_notebooks_are_committed_without_outputs() -> None:
 
 
 def test_doctor_names_the_backend_that_start_broker_would_take(monkeypatch) -> None:
-    from voicelab import broker as vb
-
     monkeypatch.delenv("VOICELAB_AMQP_URL", raising=False)  # the notebooks' session exports one
     env = dict(os.environ)
     done = subprocess.run([sys.executable, "-m", "voicelab", "doctor"], capture_output=True, text=True, timeout=60,
@@ -70,9 +76,6 @@ def test_build_script_is_packaged() -> None:
 
 def test_the_wheel_holds_every_module_and_data_file(tmp_path: Path) -> None:
     """A non-editable install gets the whole package (a subpackage missing from pyproject once shipped no broker)."""
-    import shutil
-    import zipfile
-
     src = tmp_path / "src"  # a copy without build/ and *.egg-info, which would hide a missing package
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", "build", "*.egg-info", ".git", "__pycache__"))
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
@@ -81,14 +84,15 @@ def test_the_wheel_holds_every_module_and_data_file(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("voicelab-*.whl")
     shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("voicelab/")}
     source = {p.relative_to(ROOT).as_posix() for p in (ROOT / "voicelab").rglob("*")
-              if p.is_file() and p.suffix in {".py", ".sh", ".csv"} and "__pycache__" not in p.parts}
+              if p.is_file() and (p.suffix == ".py" or "data" in p.parts) and "__pycache__" not in p.parts}
     assert source - shipped == set(), "missing from the wheel: see [tool.setuptools] in pyproject.toml"
 
 
 def _imports(path: Path, package: str) -> set[str]:
-    """voicelab modules that the module at ``path`` imports (top level or inside functions)."""
-    import ast
+    """voicelab modules that the module at ``path`` imports (top level or inside functions).
 
+    ``package``: the module's dotted name (for a package's ``__init__``, one level deeper), to resolve relative imports.
+    """
     tree = ast.parse(path.read_text())
     here = package.split(".")
     found = set()
@@ -114,14 +118,21 @@ def _module_path(name: str) -> Path | None:
     return None
 
 
+@functools.cache
+def _modules() -> tuple[tuple[str, Path, frozenset[str]], ...]:
+    """Every module of voicelab: (dotted name, path, the voicelab modules it imports but itself)."""
+    out = []
+    for path in sorted((ROOT / "voicelab").rglob("*.py")):
+        rel = path.relative_to(ROOT).with_suffix("")
+        init = rel.name == "__init__"
+        name = ".".join(rel.parts[:-1] if init else rel.parts)
+        out.append((name, path, frozenset(_imports(path, name + ".x" if init else name) - {name})))
+    return tuple(out)
+
+
 def test_no_module_imports_one_that_imports_it_back() -> None:
     """voicelab's modules form layers: no import cycle, direct or longer (package __init__ files re-export only)."""
-    graph = {}
-    for path in (ROOT / "voicelab").rglob("*.py"):
-        rel = path.relative_to(ROOT).with_suffix("")
-        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
-        package = name if rel.name == "__init__" else name.rsplit(".", 1)[0]
-        graph[name] = {m for m in _imports(path, package + ".x" if rel.name == "__init__" else name) if m != name}
+    graph = {name: imported for name, _, imported in _modules()}
 
     def cycle_from(start: str) -> list[str] | None:
         stack = [(start, [start])]
@@ -131,44 +142,38 @@ def test_no_module_imports_one_that_imports_it_back() -> None:
             for nxt in graph.get(node, ()):
                 if nxt == start:
                     return trail + [start]
-                if nxt not in seen and not graph.get(nxt) is None and not nxt.endswith("__init__"):
+                if nxt not in seen and nxt in graph and not nxt.endswith("__init__"):
                     seen.add(nxt)
                     stack.append((nxt, trail + [nxt]))
         return None
 
-    inits = {n for n in graph if _module_path(n) and _module_path(n).name == "__init__.py"}
+    inits = {name for name, path, _ in _modules() if path.name == "__init__.py"}
     cycles = [c for n in graph if n not in inits and (c := cycle_from(n)) and not set(c[1:-1]) & inits]
     assert not cycles, f"import cycles: {cycles[:3]}"
 
 
-LIBRARY_EXCEPTIONS = {"voicelab.cli", "voicelab.bench", "voicelab.__main__"}  # tools: above library and lab
+LAB = ("voicelab.lab",)
+TOOLS = ("voicelab.exercises", "voicelab.bench", "voicelab.cli", "voicelab.__main__")  # above library and lab
 
 
 def _layer(name: str) -> str:
-    if name.startswith("voicelab.lab"):
-        return "lab"
-    if name.startswith("voicelab.exercises") or name in LIBRARY_EXCEPTIONS:
-        return "tools"
-    return "library"
+    """``"library"``, ``"lab"`` or ``"tools"``: the layer of module ``name`` (a package's modules share its layer)."""
+    def within(packages: tuple[str, ...]) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in packages)
+
+    return "lab" if within(LAB) else "tools" if within(TOOLS) else "library"
 
 
 def test_the_library_never_imports_the_lab_or_the_tools() -> None:
     """Dependencies point down: tools (exercises, bench, CLI) -> lab -> library; never back up."""
     rank = {"library": 0, "lab": 1, "tools": 2}
-    wrong = []
-    for path in (ROOT / "voicelab").rglob("*.py"):
-        rel = path.relative_to(ROOT).with_suffix("")
-        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
-        package = name + ".x" if rel.name == "__init__" else name
-        for imported in _imports(path, package):
-            if imported != name and rank[_layer(imported)] > rank[_layer(name)]:
-                wrong.append(f"{name} ({_layer(name)}) imports {imported} ({_layer(imported)})")
+    wrong = [f"{name} ({_layer(name)}) imports {imported} ({_layer(imported)})"
+             for name, _, imports in _modules() for imported in imports if rank[_layer(imported)] > rank[_layer(name)]]
     assert not wrong, "\n".join(sorted(wrong))
 
 
 def test_library_modules_import_no_plotting() -> None:
     """Library code runs in workers and child processes: matplotlib belongs to the lab."""
-    offenders = [p.relative_to(ROOT).as_posix() for p in (ROOT / "voicelab").rglob("*.py")
-                 if _layer(".".join(p.relative_to(ROOT).with_suffix("").parts)) == "library"
-                 and re.search(r"^\s*(import matplotlib|from matplotlib)", p.read_text(), re.M)]
+    offenders = [path.relative_to(ROOT).as_posix() for name, path, _ in _modules() if _layer(name) == "library"
+                 and re.search(r"^\s*(import matplotlib|from matplotlib)", path.read_text(), re.M)]
     assert not offenders, offenders

@@ -8,7 +8,7 @@ import pytest
 from voicelab import retry
 from voicelab.lab import guide_patterns, retries
 from voicelab.jobs import VoiceJob
-from voicelab.queues import dlq_name, drain
+from voicelab.queues import dlq_name, drain, publish_bodies
 
 
 def _run(broker, strategy: str, queue: str, max_attempts: int = 4, delays=(0.1, 0.2, 0.4)):
@@ -19,7 +19,7 @@ def _run(broker, strategy: str, queue: str, max_attempts: int = 4, delays=(0.1, 
         channel = connection.channel()
         retry.delete_retry_queue(channel, queue, policy)
         retry.declare_retry_queue(channel, queue, policy)
-        retry.publish_jobs(channel, queue, [good, flaky, doomed, b"not json", b'{"job_id": "p", "user_id": 1}'])
+        publish_bodies(channel, queue, [good, flaky, doomed, b"not json", b'{"job_id": "p", "user_id": 1}'])
     fails = {flaky.job_id: 2, doomed.job_id: 10 ** 6}
     calls: dict[str, int] = {}
 
@@ -28,7 +28,7 @@ def _run(broker, strategy: str, queue: str, max_attempts: int = 4, delays=(0.1, 
         if attempt <= fails.get(job.job_id, 0):
             raise retry.TransientError(f"attempt {attempt}")
 
-    events = retries.run_worker(broker, queue, handler, policy, idle=0.6, timeout=20)
+    events = retries.run_retry_worker(broker, queue, handler, policy, idle=0.6, timeout=20)
     with broker.connect() as connection:
         channel = connection.channel()
         dead = [(m.body, dict(m.properties.headers or {})) for m in drain(channel, dlq_name(queue))]

@@ -8,7 +8,7 @@ import pika
 
 from voicelab import broker as vb
 from voicelab.jobs import BlobStore, VoiceJob, expected_result, load_result, synth_speech, wav_bytes
-from voicelab.queues import declare_job_queue, dlq_name, queue_counts
+from voicelab.queues import declare_job_queue, delete_job_queue, dlq_name, queue_counts
 from voicelab.uploads import upload_blocking, upload_queued
 from voicelab.worker import run_worker
 
@@ -33,5 +33,4 @@ def test_worker_processes_jobs_and_dead_letters_malformed(any_broker: vb.Broker,
         assert queue_counts(channel, dlq_name(queue)) == 2
         blocking = upload_blocking(wav_bytes(synth_speech(0.5, seed=0)), store, user_id=0)
         assert blocking["status"] == "done" and blocking["pitch_hz"] == load_result(store, replies[0]["job_id"])["pitch_hz"]
-    channel.queue_delete(queue)
-    channel.queue_delete(dlq_name(queue))
+    delete_job_queue(channel, queue)

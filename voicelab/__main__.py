@@ -1,4 +1,4 @@
-"""Command line: ``python -m voicelab doctor | broker | build-image``."""
+"""Command line: ``python -m voicelab doctor | broker | build-image | dlq | bench`` (see :mod:`voicelab.cli`)."""
 
 from .cli import main
 

@@ -21,10 +21,15 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
+
+import pika
+import pika.exceptions
 
 from . import broker as vb
 
@@ -92,28 +97,79 @@ def doctor(ensure: bool = False) -> int:
     return 1
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+# ---------------------------------------------------------------------------
+# Ctrl-C, SIGTERM and broker errors: handled here, the same way for every verb
+# ---------------------------------------------------------------------------
 
+BROKER_ERRORS = (vb.BrokerError, pika.exceptions.AMQPError, OSError)
+"""What a verb may raise when the broker is unreachable, refuses, or goes away: one line, exit status 1."""
+
+
+def describe_error(error: BaseException) -> str:
+    """One line on what went wrong with the broker, from the exception (pika's own ``str()`` is often empty).
+
+    >>> describe_error(pika.exceptions.ChannelClosedByBroker(404, "NOT_FOUND - no queue 'jobs.dlq' in vhost '/'"))
+    "the broker refused: NOT_FOUND - no queue 'jobs.dlq' in vhost '/' (404)"
+    """
+    if isinstance(error, vb.BrokerError):
+        return str(error)  # voicelab's own: already says what happened and what to try
+    if isinstance(error, (pika.exceptions.ChannelClosedByBroker, pika.exceptions.ConnectionClosedByBroker)):
+        return f"the broker refused: {error.reply_text} ({error.reply_code})"
+    detail = str(error) or ", ".join(str(a) for a in error.args)
+    return " ".join(f"{type(error).__name__}: {detail}".split())
+
+
+def run_verb(verb: Callable[[threading.Event], int], *, graceful: str | None = None,
+             interrupted: str = "interrupted") -> int:
+    """Run ``verb(stop)`` with Ctrl-C, SIGTERM and broker errors handled; return its exit status.
+
+    SIGINT and SIGTERM handlers are installed here, not inherited (a shell starts
+    background jobs with SIGINT ignored, and ``kill -INT`` must stop the verb all
+    the same), and restored on return. Without ``graceful``, a signal raises
+    ``KeyboardInterrupt`` at once. With ``graceful`` (what the verb does then,
+    e.g. "stopping after the current case"), the first signal only sets ``stop``
+    and says so, and the verb ends when it sees it: an exception thrown into pika
+    or a thread pool at an arbitrary point can leave a lock held and hang the
+    clean-up; a second signal raises at once. ``KeyboardInterrupt`` prints
+    ``interrupted`` and returns 130; a broker error (:data:`BROKER_ERRORS`) prints
+    one line and returns 1.
+    """
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if graceful is None or stop.is_set():
+            raise KeyboardInterrupt(name)
+        stop.set()
+        print(f"\n{name}: {graceful} (again to stop at once)", file=sys.stderr, flush=True)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return verb(stop)
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130
+    except BROKER_ERRORS as e:
+        print(f"error: {describe_error(e)}", file=sys.stderr)
+        return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# ---------------------------------------------------------------------------
+# The verbs
+# ---------------------------------------------------------------------------
 
 def run_broker(backend: str, image: str | None) -> int:
-    """Start a broker, print how to reach it, wait for Ctrl-C (or SIGTERM), then clean up.
+    """``python -m voicelab broker``: start a broker, print how to reach it, wait for Ctrl-C (or SIGTERM), clean up."""
+    return run_verb(lambda stop: _serve_broker(backend, image), interrupted="interrupted; nothing left running")
 
-    The handlers are installed here, not inherited: a shell starts background jobs
-    with SIGINT ignored, and ``kill -INT`` must stop this broker all the same.
-    """
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", vb.BackendFallback)  # printed below, once
-            broker = vb.start_broker(backend, image)  # type: ignore[arg-type]
-    except KeyboardInterrupt:
-        print("interrupted while starting; nothing left running", file=sys.stderr)
-        return 130
-    except vb.BrokerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+
+def _serve_broker(backend: str, image: str | None) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vb.BackendFallback)  # printed below, once
+        broker = vb.start_broker(backend, image)  # type: ignore[arg-type]
     try:
         if broker.notice:
             print(f"note: {broker.notice}")
@@ -132,6 +188,91 @@ def run_broker(backend: str, image: str | None) -> int:
     finally:
         broker.stop()
         print("broker stopped and removed", flush=True)
+    return 0
+
+
+def bench(backend: str = "auto", image: str | None = None, repeats: int = 3, scale: float | None = None,
+          csv: str | None = None) -> int:
+    """``python -m voicelab bench``: start a broker, run :func:`voicelab.bench.run_bench`, print the report.
+
+    Ctrl-C (or SIGTERM) ends the run after the case in progress (seconds) and
+    stops the broker; a second one interrupts at once (see :func:`run_verb`).
+    Returns the exit status: 0, 1 when no broker could be had, 2 on a wrong
+    argument, 130 when interrupted.
+    """
+    from .bench import check_repeats, sizes
+
+    try:
+        sizes(scale)
+        check_repeats(repeats)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return run_verb(lambda stop: _bench(backend, image, repeats, scale, csv, stop),
+                    graceful="stopping after the current case", interrupted="interrupted; the broker is stopped")
+
+
+def _bench(backend: str, image: str | None, repeats: int, scale: float | None, csv: str | None,
+           stop: threading.Event) -> int:
+    from .bench import CASES, format_report, report_header, run_bench, write_csv
+    from .lab.measure import broker_caption
+
+    load_before = os.getloadavg()[0]
+    with vb.start_broker(backend, image) as broker:  # type: ignore[arg-type]
+        if not stop.is_set():
+            print(f"voicelab bench on {broker_caption(broker)}", flush=True)
+        t0 = time.monotonic()
+        runs = run_bench(broker, repeats=repeats, scale=scale, show_progress=True, stop=stop)
+        minutes = (time.monotonic() - t0) / 60
+    if stop.is_set():
+        print(f"interrupted after {len(runs)} of {repeats * len(CASES)} measurements; the broker is stopped",
+              file=sys.stderr)
+        return 130
+    print(format_report(runs, report_header(runs, minutes, load_before)))
+    if csv:
+        print(f"\nwrote {write_csv(runs, csv)} ({len(runs)} rows; load it with voicelab.bench.read_csv)")
+    return 0
+
+
+DLQ_ACTIONS = ("list", "replay", "purge")
+
+
+def dlq(action: str, queue: str, url: str, jobs: list[str] | None = None) -> int:
+    """``python -m voicelab dlq ACTION QUEUE``: list, replay or purge the DLQ of ``queue`` on the broker at ``url``.
+
+    ``queue`` is the work queue or its DLQ (``QUEUE.dlq``). A broker that cannot
+    be reached, or a DLQ that does not exist, is one line on stderr and exit status 1.
+    """
+    if action not in DLQ_ACTIONS:
+        raise ValueError(f"action must be one of {DLQ_ACTIONS}, got {action!r}")
+    if not queue or not isinstance(queue, str):
+        raise ValueError(f"queue must be a non-empty name, got {queue!r}")
+    return run_verb(lambda stop: _dlq(action, queue, url, jobs))
+
+
+def _dlq(action: str, queue: str, url: str, jobs: list[str] | None) -> int:
+    from .broker.base import explain_connect_error
+    from .deadletters import dead_letter_frame, list_dead_letters, purge, replay
+    from .queues import dlq_name
+
+    dead = dlq_name(queue.removesuffix(".dlq"))
+    vb.UrlBroker(url)  # raises BrokerError saying so if url is not an AMQP URL
+    params = pika.URLParameters(url)  # (keeps amqps and the URL's options)
+    try:
+        connection = pika.BlockingConnection(params)
+    except (pika.exceptions.AMQPConnectionError, OSError) as e:
+        raise vb.ConnectFailed(f"{explain_connect_error(e, params)} [{vb.mask_url(url)}]") from e
+    with connection:
+        channel = connection.channel()
+        if action == "list":
+            frame = dead_letter_frame(list_dead_letters(channel, queue))
+            if not frame.empty:
+                print(frame.to_string(index=False))
+            print(f"{len(frame)} message(s) in {dead}" if len(frame) else f"{dead} is empty")
+        elif action == "replay":
+            print(f"replayed {replay(channel, queue, jobs or None)} message(s) from {dead}")
+        else:
+            print(f"purged {purge(channel, queue)} message(s) from {dead}")
     return 0
 
 
@@ -154,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("suite", choices=["bookworm", "trixie", "sid"], help="bookworm=3.10, trixie=4.0, sid=4.3")
     i.add_argument("tag", help="image tag, e.g. voicelab/rabbitmq:4.0")
     q = sub.add_parser("dlq", help="list, replay or purge the dead-letter queue QUEUE.dlq")
-    q.add_argument("action", choices=["list", "replay", "purge"])
+    q.add_argument("action", choices=DLQ_ACTIONS)
     q.add_argument("queue", help="the work queue (or its .dlq)")
     q.add_argument("--job", action="append", help="replay only this job id (repeat for several)")
     q.add_argument("--url", default=os.environ.get("VOICELAB_AMQP_URL"), help="AMQP URL "
@@ -168,8 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("--csv", default=None, metavar="PATH", help="also write one row per measurement to PATH")
     args = parser.parse_args(argv)
     if args.command == "bench":
-        from .bench import cli as bench_cli
-        return bench_cli(args.backend, args.image, args.repeats, args.scale, args.csv)
+        return bench(args.backend, args.image, args.repeats, args.scale, args.csv)
     if args.command == "doctor":
         return doctor(args.ensure)
     if args.command == "broker":
@@ -178,6 +318,5 @@ def main(argv: list[str] | None = None) -> int:
         if not args.url:
             print("error: dlq needs a broker: pass --url amqp://... or set VOICELAB_AMQP_URL", file=sys.stderr)
             return 2
-        from .deadletters import cli as dlq_cli
-        return dlq_cli(args.action, args.queue, args.url, args.job)
+        return dlq(args.action, args.queue, args.url, args.job)
     return build_image(args.suite, args.tag)

@@ -13,6 +13,7 @@ A message reaches ``<queue>.dlq`` two ways, and both are read here:
 without ack on a channel of its own, then closing it returns every message to
 the DLQ, in order). :func:`replay` sends selected messages back to their work
 queue with a fresh attempt count, confirmed before each is removed from the DLQ.
+Each takes the work queue or its DLQ (:func:`voicelab.queues.dlq_name`).
 From a shell: ``python -m voicelab dlq list|replay|purge QUEUE`` (``VOICELAB_AMQP_URL``).
 
 Example::
@@ -42,15 +43,11 @@ from .retry import ATTEMPT, BROKER_HEADERS, FIRST_FAILURE, ORIGIN, REASON, death
 REPLAYED = "voicelab-replayed"   # how many times a message was replayed from the DLQ
 
 
-def dlq_of(queue: str) -> str:
-    """The DLQ to read for ``queue``: ``queue`` itself if it already ends in ``.dlq``.
-
-    >>> dlq_of("voice_jobs"), dlq_of("voice_jobs.dlq")
-    ('voice_jobs.dlq', 'voice_jobs.dlq')
-    """
+def _work_queue(queue: str) -> str:
+    """The work queue named by ``queue``, which may be the work queue or its DLQ (``<queue>.dlq``)."""
     if not queue or not isinstance(queue, str):
         raise ValueError(f"queue must be a non-empty name, got {queue!r}")
-    return queue if queue.endswith(".dlq") else dlq_name(queue)
+    return queue.removesuffix(".dlq")
 
 
 @dataclass
@@ -110,7 +107,7 @@ def list_dead_letters(channel: BlockingChannel, queue: str, limit: int = 1000) -
     """
     if not isinstance(limit, int) or limit < 1:
         raise ValueError(f"limit must be an int >= 1, got {limit!r}")
-    dlq = dlq_of(queue)
+    dlq = dlq_name(_work_queue(queue))
     reader = channel.connection.channel()
     out: list[DeadLetter] = []
     try:
@@ -152,8 +149,8 @@ def replay(channel: BlockingChannel, queue: str, jobs: Iterable[str] | None = No
     if isinstance(jobs, str):
         raise ValueError(f"jobs must be a list of job keys, not one string: got {jobs!r}")
     wanted = None if jobs is None else set(jobs)
-    dlq = dlq_of(queue)
-    home = queue[:-len(".dlq")] if queue.endswith(".dlq") else queue
+    home = _work_queue(queue)
+    dlq = dlq_name(home)
     worker = channel.connection.channel()
     confirm_mode(worker)
     replayed = seen = 0
@@ -183,28 +180,5 @@ def replay(channel: BlockingChannel, queue: str, jobs: Iterable[str] | None = No
 
 def purge(channel: BlockingChannel, queue: str) -> int:
     """Remove every ready message from the DLQ of ``queue``; return how many were removed."""
-    ok = channel.queue_purge(dlq_of(queue))
+    ok = channel.queue_purge(dlq_name(_work_queue(queue)))
     return int(ok.method.message_count)
-
-
-def cli(action: str, queue: str, url: str, jobs: list[str] | None = None) -> int:
-    """``python -m voicelab dlq ACTION QUEUE``: list, replay or purge the DLQ of ``queue`` on the broker at ``url``."""
-    if action not in ("list", "replay", "purge"):
-        raise ValueError(f"action must be list, replay or purge, got {action!r}")
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        channel = connection.channel()
-        if action == "list":
-            frame = dead_letter_frame(list_dead_letters(channel, queue))
-            if frame.empty:
-                print(f"{dlq_of(queue)} is empty")
-            else:
-                print(frame.to_string(index=False))
-                print(f"{len(frame)} message(s) in {dlq_of(queue)}")
-        elif action == "replay":
-            print(f"replayed {replay(channel, queue, jobs or None)} message(s) from {dlq_of(queue)}")
-        else:
-            print(f"purged {purge(channel, queue)} message(s) from {dlq_of(queue)}")
-    finally:
-        connection.close()
-    return 0

@@ -212,6 +212,22 @@ class VoiceJob:
         return cls.from_json(body)
 
 
+def job_id_of(body: bytes) -> str | None:
+    """The ``job_id`` a message body carries (a JSON object whose ``job_id`` is a string), else None.
+
+    Unlike :meth:`VoiceJob.from_json` it asks nothing else of the body: a poison message may still name its job.
+
+    >>> job_id_of(b'{"job_id": "j1", "user_id": "not an int"}'), job_id_of(b"not json"), job_id_of(b"[1]")
+    ('j1', None, None)
+    """
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    job_id = data.get("job_id") if isinstance(data, dict) else None
+    return job_id if isinstance(job_id, str) else None
+
+
 def analyse(samples: np.ndarray, sample_rate: int = SAMPLE_RATE, effort: int = 4) -> dict[str, float]:
     """Real signal work: frame the audio, FFT each frame at ``effort`` resolutions, summarise.
 

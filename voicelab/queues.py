@@ -1,6 +1,7 @@
 """Declaring job queues, publishing jobs, and the queue chores every lesson repeats.
 
-Production code: :func:`declare_job_queue`, :func:`job_properties`, :func:`publish_job`.
+Production code: :func:`declare_job_queue`, :func:`job_properties`, :func:`publish_job`,
+:func:`delete_job_queue`.
 Chores for starting and reading a demo from a known state: :func:`refill`
 (:func:`reset_queue` then :func:`publish_bodies`), :func:`wait_for_consumers`,
 :func:`wait_stable`, :func:`drain`.
@@ -16,6 +17,7 @@ Example::
         publish_job(channel, "voice_jobs", VoiceJob.new("audio/x.wav", 1))
         refill(channel, "demo", range(3))          # an empty durable queue with b"0", b"1", b"2"
         [m.body for m in drain(channel, "demo")]   # [b'0', b'1', b'2']
+        delete_job_queue(channel, "voice_jobs")    # and its dead-letter queue
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ import pika
 import pika.spec
 from pika.adapters.blocking_connection import BlockingChannel
 
-from .jobs import JOB_TYPE, VoiceJob
+from .jobs import JOB_TYPE, VoiceJob, job_id_of
 
 T = TypeVar("T")
 
-Body = bytes | str | int | dict[str, Any] | list[Any]
+Body = bytes | str | int | dict[str, Any] | list[Any] | VoiceJob
 
 
 def dlq_name(queue: str) -> str:
@@ -42,6 +44,11 @@ def dlq_name(queue: str) -> str:
     'voice_jobs.dlq'
     """
     return f"{queue}.dlq"
+
+
+def _check_queue(queue: Any) -> None:
+    if not queue or not isinstance(queue, str):
+        raise ValueError(f"queue must be a non-empty name, got {queue!r}")
 
 
 def declare_job_queue(channel: BlockingChannel, queue: str, dead_letters: bool = True,
@@ -55,8 +62,7 @@ def declare_job_queue(channel: BlockingChannel, queue: str, dead_letters: bool =
     rejected without requeue goes to the DLQ instead of vanishing.
     Returns the number of messages ready in ``queue``.
     """
-    if not queue or not isinstance(queue, str):
-        raise ValueError(f"queue must be a non-empty name, got {queue!r}")
+    _check_queue(queue)
     args = dict(arguments or {})
     if dead_letters:
         channel.queue_declare(dlq_name(queue), durable=True)
@@ -64,6 +70,22 @@ def declare_job_queue(channel: BlockingChannel, queue: str, dead_letters: bool =
         args.setdefault("x-dead-letter-routing-key", dlq_name(queue))
     ok = channel.queue_declare(queue, durable=True, arguments=args or None)
     return int(ok.method.message_count)
+
+
+def delete_job_queue(channel: BlockingChannel, queue: str) -> None:
+    """Delete ``queue`` and its dead-letter queue ``<queue>.dlq`` (see :func:`declare_job_queue`), messages and all.
+
+    Either may be missing: deleting a queue that does not exist succeeds. The
+    broker cancels the consumers of a deleted queue.
+
+    Example::
+
+        declare_job_queue(channel, "voice_jobs")
+        delete_job_queue(channel, "voice_jobs")   # voice_jobs and voice_jobs.dlq are gone
+    """
+    _check_queue(queue)
+    channel.queue_delete(queue)
+    channel.queue_delete(dlq_name(queue))
 
 
 def job_properties(**extra: Any) -> pika.BasicProperties:
@@ -99,13 +121,15 @@ def queue_counts(channel: BlockingChannel, queue: str) -> int:
 
 def encode_body(body: Body) -> bytes:
     """The bytes :func:`publish_bodies` sends for ``body``: bytes as they are, text as UTF-8,
-    an int as its decimal digits, anything else as JSON.
+    an int as its decimal digits, a :class:`~voicelab.jobs.VoiceJob` as its JSON, anything else as JSON.
 
     >>> [encode_body(b) for b in (b"raw", "text", 7, {"job": 1})]
     [b'raw', b'text', b'7', b'{"job": 1}']
     """
     if isinstance(body, bytes):
         return body
+    if isinstance(body, VoiceJob):
+        return body.to_json()
     if isinstance(body, str):
         return body.encode()
     if isinstance(body, int):
@@ -123,31 +147,42 @@ def confirm_mode(channel: BlockingChannel) -> None:
         channel.confirm_delivery()
 
 
-def reset_queue(channel: BlockingChannel, queue: str, *, purge: bool = False, dead_letters: bool = False) -> None:
+def reset_queue(channel: BlockingChannel, queue: str, *, purge: bool = False, dead_letters: bool = False,
+                arguments: dict[str, Any] | None = None) -> None:
     """Make ``queue`` an empty durable queue (with its dead-letter queue ``<queue>.dlq`` if ``dead_letters``).
 
     By default the queue is deleted and declared afresh: its consumers are
     cancelled, its arguments and its management counters start over.
     ``purge=True`` removes only its ready messages: attached consumers stay
-    attached, and the messages they hold unacknowledged stay theirs.
+    attached, and the messages they hold unacknowledged stay theirs (the
+    queue must then already have the same ``arguments``, e.g. its
+    ``x-queue-type``, or be missing).
 
     Example::
 
         reset_queue(channel, "voice_jobs", dead_letters=True)
         queue_counts(channel, "voice_jobs")   # 0
+        reset_queue(channel, "bench.quorum", arguments={"x-queue-type": "quorum"})
     """
-    queues = [queue, dlq_name(queue)] if dead_letters else [queue]
     if not purge:
-        for q in queues:
-            channel.queue_delete(q)
-    declare_job_queue(channel, queue, dead_letters=dead_letters)
+        if dead_letters:
+            delete_job_queue(channel, queue)
+        else:
+            channel.queue_delete(queue)
+    declare_job_queue(channel, queue, dead_letters=dead_letters, arguments=arguments)
     if purge:
-        for q in queues:
+        for q in [queue, dlq_name(queue)] if dead_letters else [queue]:
             channel.queue_purge(q)
 
 
+def _job_message_id(properties: pika.BasicProperties, body: bytes) -> pika.BasicProperties:
+    """``properties`` with the job id ``body`` carries as ``message_id``, if it carries one (else as they are)."""
+    job_id = job_id_of(body) if body[:1] == b"{" else None
+    return pika.BasicProperties(**{**vars(properties), "message_id": job_id}) if job_id else properties
+
+
 def publish_bodies(channel: BlockingChannel, queue: str, bodies: Iterable[Body], *, confirm: bool = True,
-                   properties: pika.BasicProperties | None = None) -> int:
+                   persistent: bool = True, properties: pika.BasicProperties | None = None) -> int:
     """Publish each of ``bodies`` (see :func:`encode_body`) to ``queue``; return how many were sent.
 
     Every message is in the queue when this returns. ``confirm=True`` puts
@@ -155,19 +190,29 @@ def publish_bodies(channel: BlockingChannel, queue: str, bodies: Iterable[Body],
     confirm (safe, a round trip each); ``confirm=False`` publishes in bulk and
     then syncs with one passive declare, which the broker answers only after
     the publishes before it (fast; for benchmarks and demos that prepare a
-    queue). ``properties`` defaults to :func:`job_properties` (persistent JSON).
+    queue). By default each message has :func:`job_properties` (persistent
+    JSON), and a body that carries a job id (a :class:`~voicelab.jobs.VoiceJob`,
+    or JSON with a string ``job_id``) has it as ``message_id``;
+    ``persistent=False`` sends transient messages with no other property;
+    ``properties``, if given, is used for every message as it is.
 
     Example::
 
-        publish_bodies(channel, "bench", [b"x" * 100] * 1000, confirm=False,
-                       properties=pika.BasicProperties(delivery_mode=pika.DeliveryMode.Transient))
+        publish_bodies(channel, "voice_jobs", [VoiceJob.new("audio/a.wav", 1), b"not json"])
+        publish_bodies(channel, "bench", [b"x" * 100] * 1000, confirm=False, persistent=False)
     """
-    props = job_properties() if properties is None else properties
+    if properties is not None and not persistent:
+        raise ValueError("give properties or persistent=False, not both: persistent=False chooses transient "
+                         "default properties, properties are sent as they are")
+    props = properties if properties is not None else (
+        job_properties() if persistent else pika.BasicProperties(delivery_mode=pika.DeliveryMode.Transient))
+    job_ids = properties is None and persistent
     if confirm:
         confirm_mode(channel)
     sent = 0
     for body in bodies:
-        channel.basic_publish("", queue, encode_body(body), props, mandatory=confirm)
+        raw = encode_body(body)
+        channel.basic_publish("", queue, raw, _job_message_id(props, raw) if job_ids else props, mandatory=confirm)
         sent += 1
     if not confirm:
         channel.queue_declare(queue, passive=True)  # answered after every publish before it: all enqueued
@@ -175,21 +220,23 @@ def publish_bodies(channel: BlockingChannel, queue: str, bodies: Iterable[Body],
 
 
 def refill(channel: BlockingChannel, queue: str, bodies: Iterable[Body] = (), *, purge: bool = False,
-           dead_letters: bool = False, confirm: bool = True, properties: pika.BasicProperties | None = None) -> int:
+           dead_letters: bool = False, arguments: dict[str, Any] | None = None, confirm: bool = True,
+           persistent: bool = True, properties: pika.BasicProperties | None = None) -> int:
     """Start a demo from a known queue: :func:`reset_queue`, then :func:`publish_bodies`; how many were sent.
 
-    ``purge`` and ``dead_letters`` go to :func:`reset_queue` (delete by default,
-    purge to keep attached consumers), ``confirm`` and ``properties`` to
-    :func:`publish_bodies` (confirmed persistent JSON by default).
+    ``purge``, ``dead_letters`` and ``arguments`` go to :func:`reset_queue`
+    (delete by default, purge to keep attached consumers), ``confirm``,
+    ``persistent`` and ``properties`` to :func:`publish_bodies` (confirmed
+    persistent JSON by default).
 
     Example::
 
         refill(channel, "crash_demo", range(300))                 # b"0" .. b"299", confirmed, persistent
         refill(channel, "settle_demo", [b"job"], dead_letters=True)
-        refill(channel, "bench", [b"x" * 100] * 5000, purge=True, confirm=False)
+        refill(channel, "bench", [b"x" * 100] * 5000, purge=True, confirm=False, persistent=False)
     """
-    reset_queue(channel, queue, purge=purge, dead_letters=dead_letters)
-    return publish_bodies(channel, queue, bodies, confirm=confirm, properties=properties)
+    reset_queue(channel, queue, purge=purge, dead_letters=dead_letters, arguments=arguments)
+    return publish_bodies(channel, queue, bodies, confirm=confirm, persistent=persistent, properties=properties)
 
 
 def wait_for_consumers(channel: BlockingChannel, queue: str, count: int, timeout: float = 10.0,

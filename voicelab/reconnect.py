@@ -140,6 +140,7 @@ class ReconnectingConsumer:
         ...
         consumer.stop()
         consumer.reconnects   # [{'t': 2.31, 'error': 'ConnectionClosedByBroker: ...', 'delay': 0.07}, ...]
+                              # t: seconds since consumer.started_at (the time.monotonic() of start())
     """
 
     def __init__(self, parameters: pika.ConnectionParameters, queue: str, work: Callable[[VoiceJob], Any],
@@ -171,11 +172,11 @@ class ReconnectingConsumer:
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._t0 = time.monotonic()
+        self.started_at = time.monotonic()   # set again by start(); the ``t`` of each reconnect counts from it
 
     def start(self) -> "ReconnectingConsumer":
         """Start consuming in a daemon thread; returns ``self``."""
-        self._t0 = time.monotonic()
+        self.started_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
         return self
@@ -226,7 +227,7 @@ class ReconnectingConsumer:
                                                    f"for {self.deadline:g} s; last error: {type(e).__name__}: {e}")
                     return
                 delay = backoff_delay(failures, self.base_delay, self.max_delay, self.rng)
-                self.reconnects.append({"t": round(time.monotonic() - self._t0, 3), "failures": failures,
+                self.reconnects.append({"t": round(time.monotonic() - self.started_at, 3), "failures": failures,
                                         "delay": round(delay, 3), "error": f"{type(e).__name__}: {e}"[:160]})
                 self._stop.wait(delay)
             finally:

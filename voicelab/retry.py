@@ -28,12 +28,13 @@ retried: it is published to ``<queue>.dlq`` with the reason in the header
 Example::
 
     from voicelab.broker import shared_broker
+    from voicelab.queues import publish_bodies
     broker = shared_broker()
     policy = RetryPolicy("delayed", max_attempts=4, delays=(0.1, 0.2, 0.4))
     with broker.connect() as connection:
         channel = connection.channel()
         declare_retry_queue(channel, "voice_jobs06", policy)
-        publish_jobs(channel, "voice_jobs06", [VoiceJob.new("audio/a.wav", 1).to_json(), b"not json"])
+        publish_bodies(channel, "voice_jobs06", [VoiceJob.new("audio/a.wav", 1), b"not json"])
         channel.basic_consume("voice_jobs06", lambda ch, method, props, body: handle_delivery(
             ch, "voice_jobs06", method, props, body, lambda job, attempt: None, policy))
         channel.start_consuming()   # each delivery: done / retry / poison / dead-lettered
@@ -41,22 +42,21 @@ Example::
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from .jobs import BadJob, VoiceJob
-from .queues import confirm_mode, declare_job_queue, dlq_name, job_properties
+from .jobs import BadJob, VoiceJob, job_id_of
+from .queues import confirm_mode, declare_job_queue, delete_job_queue, dlq_name
 
 __all__ = ["ATTEMPT", "FIRST_FAILURE", "ORIGIN", "REASON", "STRATEGIES", "RetryPolicy", "TransientError",
            "attempts_so_far", "backoff", "dead_letter", "deaths", "declare_retry_queue", "delete_retry_queue",
-           "handle_delivery", "job_key", "publish_jobs", "republish", "tier_name"]
+           "handle_delivery", "job_key", "republish", "tier_name"]
 
 ATTEMPT = "voicelab-attempt"             # failed attempts before this delivery (absent: none)
 REASON = "voicelab-reason"               # why the last attempt failed, or why the message is in the DLQ
@@ -184,25 +184,9 @@ def declare_retry_queue(channel: BlockingChannel, queue: str, policy: RetryPolic
 def delete_retry_queue(channel: BlockingChannel, queue: str, policy: RetryPolicy | None = None,
                        tiers: int = 8) -> None:
     """Delete ``queue``, its DLQ and its wait queues (``policy``'s tiers, or up to ``tiers`` of them)."""
-    channel.queue_delete(queue)
-    channel.queue_delete(dlq_name(queue))
+    delete_job_queue(channel, queue)
     for tier in range(len(policy.delays) if policy else tiers):
         channel.queue_delete(tier_name(queue, tier))
-
-
-def publish_jobs(channel: BlockingChannel, queue: str, bodies: Iterable[bytes | VoiceJob]) -> int:
-    """Publish each body (or :class:`VoiceJob`) to ``queue``, persistent and confirmed; return how many.
-
-    Each message gets ``message_id`` = the job's id when the body is a valid job.
-    """
-    confirm_mode(channel)
-    n = 0
-    for body in bodies:
-        raw = body.to_json() if isinstance(body, VoiceJob) else bytes(body)
-        props = job_properties(message_id=job_key(None, raw))
-        channel.basic_publish("", queue, raw, props, mandatory=True)
-        n += 1
-    return n
 
 
 # ---------------------------------------------------------------------------
@@ -215,12 +199,9 @@ def job_key(properties: pika.BasicProperties | None, body: bytes) -> str:
     >>> job_key(None, b'{"job_id": "j1", "blob_key": "k", "user_id": 1}'), job_key(None, b"not json")
     ('j1', "b'not json'")
     """
-    try:
-        data = json.loads(body)
-        if isinstance(data, dict) and isinstance(data.get("job_id"), str):
-            return data["job_id"]
-    except (ValueError, UnicodeDecodeError):
-        pass
+    job_id = job_id_of(body)
+    if job_id is not None:
+        return job_id
     if properties is not None and properties.message_id:
         return str(properties.message_id)
     return repr(body[:24])
@@ -349,15 +330,3 @@ def handle_delivery(channel: BlockingChannel, queue: str, method: Any, propertie
         return {**event, "outcome": "retry", "to": target}
     channel.basic_ack(method.delivery_tag)
     return {**event, "outcome": "done"}
-
-
-# ---------------------------------------------------------------------------
-# The redelivery loop, measured: what requeue=True does on each queue type and version
-# ---------------------------------------------------------------------------
-
-
-# ---------------------------------------------------------------------------
-# Plots of notebook 06
-# ---------------------------------------------------------------------------
-
-

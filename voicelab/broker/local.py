@@ -54,6 +54,34 @@ def find_rabbitmq_server() -> str | None:
     return found
 
 
+def server_version(server: str) -> tuple[int, int] | None:
+    """``(major, minor)`` of the RabbitMQ that ``server`` starts, read from its install folder, before it runs.
+
+    Debian, Homebrew and generic-unix installs keep ``lib/rabbitmq_server-X.Y.Z`` beside ``bin`` (or ``sbin``).
+    None when the layout is another one.
+    """
+    script = Path(server)
+    candidates = [*script.resolve().parents, *sorted(script.parent.parent.glob("lib/rabbitmq_server-*")),
+                  *sorted(script.resolve().parent.parent.glob("lib/rabbitmq_server-*"))]
+    for folder in candidates:
+        parts = folder.name.removeprefix("rabbitmq_server-").split(".") if folder.name.startswith("rabbitmq_server-") else []
+        if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+            return int(parts[0]), int(parts[1])
+    return None
+
+
+def _advanced_config(version: tuple[int, int] | None) -> str:
+    """Erlang terms for the node's advanced.config: upstream's defaults where a distribution patches them.
+
+    Debian's 4.3 packages permit transient non-exclusive queues again (do-not-deprecate-transient_nonexcl_queues
+    .patch), which upstream 4.3.0 denies by default: from 4.3 on, the node is told upstream's default, so that
+    a learner's local node does what the official image does. Older versions keep their own defaults.
+    """
+    if version is not None and version >= (4, 3):
+        return "[{rabbit, [{permit_deprecated_features, #{transient_nonexcl_queues => false}}]}].\n"
+    return "[].\n"
+
+
 class LocalBroker(Broker):
     """A private RabbitMQ node started from ``server`` (default: :func:`find_rabbitmq_server`).
 
@@ -97,7 +125,7 @@ class LocalBroker(Broker):
             f"prometheus.tcp.ip = 127.0.0.1\nprometheus.tcp.port = {self.prometheus_port}\n"
             f"collect_statistics_interval = {STATS_INTERVAL_MS}\n"
         )
-        (d / "advanced.config").write_text("[].\n")
+        (d / "advanced.config").write_text(_advanced_config(server_version(self.server)))
         (d / "rabbitmq-env.conf").write_text("")
         return d
 

@@ -68,10 +68,9 @@ def _check_routing(fn: Callable[..., Any]) -> str:
     keys = job_keys(("en", "de", "pt-br", new_language), ("high", "low", "normal"))
     want = expected(exchange, keys)
     broker = shared_broker()
-    with broker.connect() as connection:
-        setup = connection.channel()
-        try:
-            fn(setup, exchange)
+    try:
+        with broker.connect() as connection:
+            _run_setup(fn, connection.channel(), exchange, broker)
             channel = connection.channel()
             try:
                 channel.exchange_declare(exchange, passive=True)
@@ -87,12 +86,31 @@ def _check_routing(fn: Callable[..., Any]) -> str:
             transient += [f"queue {q!r}" for q in want if _durable(broker, "queues", q) is False]
             lost = publish_keys(channel, exchange, keys)
             got = landed(channel, list(want))
-        finally:
-            cleanup = connection.channel()
-            delete_routing(cleanup, exchange, list(want))
+    finally:
+        with broker.connect() as connection:   # a fresh one: the learner's code may have got the first closed
+            delete_routing(connection.channel(), exchange, list(want))
     if transient:
         raise Wrong(f"{', '.join(transient)} not durable: a broker restart deletes it, and the bindings with it. "
                     "Declare exchange and queues with durable=True.")
+    _judge_routing(want, got, lost, new_language)
+    return (f"{len(keys)} jobs, including the made-up language {new_language!r} and priority 'normal', each landed "
+            "exactly where it should; the exchange and the queues are durable.")
+
+
+def _run_setup(fn: Callable[..., Any], channel: Any, exchange: str, broker: Broker) -> None:
+    """Run the learner's ``fn(channel, exchange)``; a broker that refuses a transient queue is a :class:`Wrong`."""
+    try:
+        fn(channel, exchange)
+    except pika.exceptions.ConnectionClosedByBroker as e:
+        if e.reply_code == 541 and "transient_nonexcl_queues" in str(e.reply_text):
+            raise Wrong(f"a queue you declared is not durable, and this broker (RabbitMQ {broker.version}) refuses "
+                        "transient non-exclusive queues (deprecated; denied by default from 4.3): it closed the "
+                        "connection. Declare exchange and queues with durable=True.") from None
+        raise
+
+
+def _judge_routing(want: dict[str, list[str]], got: dict[str, list[str]], lost: list[str], new_language: str) -> None:
+    """Raise :class:`Wrong` saying which queue got which key it should not, or missed one it should have."""
     problems = []
     for queue, keys_wanted in want.items():
         extra = sorted(set(got[queue]) - set(keys_wanted))
@@ -110,8 +128,6 @@ def _check_routing(fn: Callable[..., Any]) -> str:
             problems.append(f"(the checker made up the language {new_language!r} and the priority 'normal': "
                             "name the words you know, match the others with * or #)")
         raise Wrong("; ".join(problems))
-    return (f"{len(keys)} jobs, including the made-up language {new_language!r} and priority 'normal', each landed "
-            "exactly where it should; the exchange and the queues are durable.")
 
 
 q1 = Exercise(

@@ -58,9 +58,7 @@ def _check_callback(fn: Callable[..., Any]) -> str:
     good = [{"job_id": f"good-{i}"} for i in range(4)]
     messages = [json.dumps(j).encode() for j in good[:2]] + [b"{oops", json.dumps({"job_id": "poison"}).encode(),
                                                            b"\xff\xfe", *[json.dumps(j).encode() for j in good[2:]]]
-    crash_body = json.dumps({"job_id": "crash"}).encode()
     processed: list[str] = []
-    calls = [0]
 
     def process(job: Any) -> None:
         processed.append(job["job_id"])
@@ -73,58 +71,77 @@ def _check_callback(fn: Callable[..., Any]) -> str:
     with scratch_queue("acks", dead_letters=True) as queue, broker.connect() as connection:
         admin = connection.channel()
         admin.confirm_delivery()
-        persistent = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
         for body in messages:
-            admin.basic_publish("", queue, body, persistent)
-        worker = broker.connect()  # the worker's own connection: its crash closes it
-        crashed = False
-        try:
-            channel = worker.channel()
-            channel.basic_qos(prefetch_count=10)
-
-            def callback(ch: Any, method: Any, properties: Any, body: bytes) -> None:
-                calls[0] += 1
-                fn(ch, method, properties, body, process)
-
-            channel.basic_consume(queue, callback)
-            for _ in range(40):
-                worker.process_data_events(time_limit=0.05)
-                if calls[0] > 3 * len(messages):
-                    break
-            redelivery_loop = calls[0] > len(messages)
-            if not redelivery_loop and channel.is_open:
-                # Phase 2: one more job, and the worker dies while doing it.
-                admin.basic_publish("", queue, crash_body, persistent)
-                try:
-                    for _ in range(60):
-                        worker.process_data_events(time_limit=0.05)
-                        if "crash" in processed:
-                            break
-                except _WorkerCrash:
-                    crashed = True
-        finally:
-            try:
-                worker.close()  # like a killed process: the broker requeues what the worker had not settled
-            except Exception:
-                pass
+            admin.basic_publish("", queue, body, _PERSISTENT)
+        calls, crashed = _run_until_crash(broker, admin, queue, fn, process, len(messages), processed)
         wait_stable(admin, queue, dlq_name(queue))  # requeues and dead-lettering settle inside the broker
         back = [m.body for m in drain(admin, queue)]
         dead = [m.body for m in drain(admin, dlq_name(queue))]
-    if redelivery_loop:
-        raise Wrong(f"your callback ran {calls[0]} times for {len(messages)} messages: something was requeued and "
+    return _judge_callback(calls, len(messages), processed, [j["job_id"] for j in good], crashed, back, dead)
+
+
+_PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
+_CRASH_BODY = json.dumps({"job_id": "crash"}).encode()
+
+
+def _run_until_crash(broker: Any, admin: Any, queue: str, fn: Callable[..., Any], process: Callable[[Any], None],
+                     published: int, processed: list[str]) -> tuple[int, bool]:
+    """Run ``fn`` as the callback of a worker with its own connection on the ``published`` messages; then, unless
+    nothing looped, publish one job that crashes the worker in ``process``. Returns (callback calls before that
+    job, whether the crash reached the worker)."""
+    calls = [0]
+    worker = broker.connect()  # the worker's own connection: its crash closes it
+    first_phase, crashed = 0, False
+    try:
+        channel = worker.channel()
+        channel.basic_qos(prefetch_count=10)
+
+        def callback(ch: Any, method: Any, properties: Any, body: bytes) -> None:
+            calls[0] += 1
+            fn(ch, method, properties, body, process)
+
+        channel.basic_consume(queue, callback)
+        for _ in range(40):
+            worker.process_data_events(time_limit=0.05)
+            if calls[0] > 3 * published:
+                break
+        first_phase = calls[0]
+        if first_phase <= published and channel.is_open:
+            # Phase 2: one more job, and the worker dies while doing it.
+            admin.basic_publish("", queue, _CRASH_BODY, _PERSISTENT)
+            try:
+                for _ in range(60):
+                    worker.process_data_events(time_limit=0.05)
+                    if "crash" in processed:
+                        break
+            except _WorkerCrash:
+                crashed = True
+    finally:
+        try:
+            worker.close()  # like a killed process: the broker requeues what the worker had not settled
+        except Exception:
+            pass
+    return first_phase, crashed
+
+
+def _judge_callback(calls: int, published: int, processed: list[str], good: list[str], crashed: bool,
+                    back: list[bytes], dead: list[bytes]) -> str:
+    """The verdict on what :func:`_check_callback` saw: the pass message, or :class:`Wrong` with what went wrong."""
+    if calls > published:
+        raise Wrong(f"your callback ran {calls} times for {published} messages: something was requeued and "
                     "came back. Reject malformed or failing messages with requeue=False.")
-    if sorted(p for p in processed if p != "crash") != sorted([j["job_id"] for j in good] + ["poison"]):
+    if sorted(p for p in processed if p != "crash") != sorted(good + ["poison"]):
         raise Wrong(f"process() should be called once per valid JSON message; it was called for {processed}")
     if not crashed:
         raise Wrong("the checker's last job crashes the worker inside process(), but your callback never called "
                     "process() for it, or caught the crash and went on: let exceptions that are not the job's "
                     "failure (e.g. BaseException) propagate.")
-    left = [b for b in back if b != crash_body]
+    left = [b for b in back if b != _CRASH_BODY]
     if left:
         raise Wrong(f"{len(left)} message(s) were neither acked nor rejected, so they went back to the queue "
                     "when the worker's connection closed. Ack every job that succeeded.")
-    if crash_body not in back:
-        where = ("was rejected to the dead-letter queue" if crash_body in dead else
+    if _CRASH_BODY not in back:
+        where = ("was rejected to the dead-letter queue" if _CRASH_BODY in dead else
                  "was acked before process() finished, so the broker forgot it")
         raise Wrong(f"the worker crashed in the middle of a job, and that job {where}: it is lost, never done. "
                     "Ack only after process(job) has returned, so that an unfinished job goes back to the queue.")

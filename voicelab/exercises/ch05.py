@@ -56,27 +56,8 @@ def _check_publish_all(fn: Callable[..., Any]) -> str:
         with b.connect() as connection:
             connection.channel().queue_declare(queue, durable=True)
         wait_metadata_flush(time.monotonic())  # so that the queue itself survives the kill (3.10, 4.0)
-        # kill the broker once the learner's run has got going: as soon as the queue holds n/10 messages
         killed, done = threading.Event(), threading.Event()
-
-        def killer() -> None:
-            t0 = time.monotonic()
-            while time.monotonic() - t0 < 30:
-                if done.is_set():   # the learner's function returned (or raised) first: no kill
-                    return
-                try:
-                    with b.connect(connection_attempts=1) as c:
-                        if c.channel().queue_declare(queue, passive=True).method.message_count >= n // 10:
-                            break
-                except Exception:
-                    pass
-                time.sleep(0.02)
-            b.kill()
-            killed.set()
-            time.sleep(0.5)
-            b.start()
-
-        thread = threading.Thread(target=killer, daemon=True)
+        thread = threading.Thread(target=_kill_once_filling, args=(b, queue, n // 10, killed, done), daemon=True)
         thread.start()
         try:
             confirmed = fn(b, queue, list(bodies))
@@ -94,6 +75,33 @@ def _check_publish_all(fn: Callable[..., Any]) -> str:
             channel = connection.channel()
             got = [m.body for m in drain(channel, queue)]
             channel.queue_delete(queue)
+    return _judge_publish_all(bodies, confirmed, got)
+
+
+def _kill_once_filling(b: Broker, queue: str, threshold: int, killed: threading.Event,
+                       done: threading.Event) -> None:
+    """Kill ``b`` once the learner's run has got going (``queue`` holds ``threshold`` messages), then start it
+    again; no kill if ``done`` is set first (the learner's function returned or raised)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 30:
+        if done.is_set():
+            return
+        try:
+            with b.connect(connection_attempts=1) as c:
+                if c.channel().queue_declare(queue, passive=True).method.message_count >= threshold:
+                    break
+        except Exception:
+            pass
+        time.sleep(0.02)
+    b.kill()
+    killed.set()
+    time.sleep(0.5)
+    b.start()
+
+
+def _judge_publish_all(bodies: list[bytes], confirmed: Any, got: list[bytes]) -> str:
+    """The verdict on a run through a kill: the pass message, or :class:`Wrong` with what went wrong."""
+    n = len(bodies)
     present = set(got)
     twice = len(got) - len(present)
     if not isinstance(confirmed, (list, tuple, set)):

@@ -68,7 +68,6 @@ def _check_retry_policy(fn: Callable[..., Any]) -> str:
     fails = {flaky.job_id: MAX_ATTEMPTS - 1, doomed.job_id: 10 ** 6}
     poison = {b"this is not json": "not JSON", json.dumps({"job_id": "p2", "user_id": "seven"}).encode(): "bad fields"}
     calls: Counter[str] = Counter()
-    deliveries = [0]
 
     def process(job: VoiceJob) -> dict[str, Any]:
         calls[job.job_id] += 1
@@ -82,34 +81,48 @@ def _check_retry_policy(fn: Callable[..., Any]) -> str:
         for body in [good.to_json(), flaky.to_json(), doomed.to_json(), *poison]:
             channel.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2,
                                                                        content_type="application/json"))
-        channel.basic_qos(prefetch_count=1)
-
-        def on_message(ch: Any, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
-            deliveries[0] += 1
-            if deliveries[0] > CAP:
-                return   # a loop that never ends: stop feeding it
-            fn(ch, method, properties, body, process, MAX_ATTEMPTS)
-
-        tag = channel.basic_consume(queue, on_message)
-        t0 = last = time.monotonic()
-        seen = 0
-        while time.monotonic() - t0 < 8 and deliveries[0] <= CAP:
-            connection.process_data_events(time_limit=0.05)
-            if deliveries[0] != seen:
-                seen, last = deliveries[0], time.monotonic()
-            elif time.monotonic() - last > 0.6:
-                break
-        if channel.is_open:
-            channel.basic_cancel(tag)
+        deliveries = _consume_until_quiet(connection, channel, queue, fn, process)
         reader = connection.channel()
         dead = [(m.body, dict(m.properties.headers or {})) for m in drain(reader, dlq_name(queue))]
         left = reader.queue_declare(queue, passive=True).method.message_count
-
-    if deliveries[0] > CAP:
+    if deliveries > CAP:
         raise Wrong(f"the queue delivered more than {CAP} times for 5 jobs and never settled: your retries loop "
                     f"forever. Calls to process per job: {sorted(calls.values(), reverse=True)}. Headers you change "
                     f"on a received message (properties.headers[...] = ...) are your copy: basic_nack(requeue=True) "
                     f"redelivers the broker's unchanged message, so a count kept there stays 0")
+    return _judge_retry_policy(calls, dead, left, good, flaky, doomed, poison)
+
+
+def _consume_until_quiet(connection: Any, channel: Any, queue: str, fn: Callable[..., Any],
+                         process: Callable[[VoiceJob], Any]) -> int:
+    """Consume ``queue`` at prefetch 1 with ``fn`` until 0.6 s pass without a delivery, 8 s in all, or more than
+    :data:`CAP` deliveries (a loop that never ends); how many deliveries came."""
+    deliveries = [0]
+    channel.basic_qos(prefetch_count=1)
+
+    def on_message(ch: Any, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
+        deliveries[0] += 1
+        if deliveries[0] > CAP:
+            return   # a loop that never ends: stop feeding it
+        fn(ch, method, properties, body, process, MAX_ATTEMPTS)
+
+    tag = channel.basic_consume(queue, on_message)
+    t0 = last = time.monotonic()
+    seen = 0
+    while time.monotonic() - t0 < 8 and deliveries[0] <= CAP:
+        connection.process_data_events(time_limit=0.05)
+        if deliveries[0] != seen:
+            seen, last = deliveries[0], time.monotonic()
+        elif time.monotonic() - last > 0.6:
+            break
+    if channel.is_open:
+        channel.basic_cancel(tag)
+    return deliveries[0]
+
+
+def _judge_retry_policy(calls: Counter[str], dead: list[tuple[bytes, dict[str, Any]]], left: int, good: VoiceJob,
+                        flaky: VoiceJob, doomed: VoiceJob, poison: dict[bytes, str]) -> str:
+    """The verdict on a run that settled: the pass message, or :class:`Wrong` with what went wrong."""
     dead_bodies = Counter(body for body, _ in dead)
     twice = [b for b, n in dead_bodies.items() if n > 1]
     if twice:

@@ -24,17 +24,18 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pika
 
-from ..broker import shared_broker
+from ..broker import Broker, shared_broker
 from ..jobs import BadJob, VoiceJob
 from ..management import Management
-from ..queues import confirm_mode, declare_job_queue, dlq_name, drain, job_properties
+from ..queues import confirm_mode, dlq_name, drain, job_properties
 from ..reconnect import CONNECTION_ERRORS, ResultStore
 from ..retry import dead_letter
-from .core import Exercise, Wrong, scratch_name
+from .core import Exercise, Wrong, scratch_queue
 
 JOBS = 40
 CRASH_AT = (14, 27)        # calls of process() during which the worker process dies
@@ -72,134 +73,182 @@ def worker(channel: Any, method: Any, properties: pika.BasicProperties, body: by
     channel.basic_ack(method.delivery_tag)    # only now: a crash before this line means a redelivery
 
 
-def _check_worker(fn: Callable[..., Any]) -> str:
-    broker = shared_broker()
-    queue = scratch_name("capstone")
-    name = f"{queue}.worker"
-    jobs = [VoiceJob.new(f"audio/{i}.wav", user_id=i) for i in range(JOBS)]
-    good = {j.job_id for j in jobs}
-    results = ResultStore()
-    mgmt = Management(broker)
-    calls = [0]
-    killed: list[str] = []    # the jobs in hand when the worker process died
-    crashes: list[str] = []   # why each worker died
-    closes = [0]
+@dataclass
+class _Trial:
+    """One run of a learner's worker on the broker through the faults, and what it left behind.
 
-    def process(job: VoiceJob) -> dict[str, Any]:
-        calls[0] += 1
+    :meth:`publish` the jobs with the poison among them, :meth:`supervise` one worker at a time (a fresh one after
+    each crash or lost connection) until the queue is idle, :meth:`read_queues`; then :func:`_verdict` judges.
+    """
+
+    fn: Callable[..., Any]
+    broker: Broker
+    queue: str
+    mgmt: Management
+    jobs: list[VoiceJob] = field(default_factory=lambda: [VoiceJob.new(f"audio/{i}.wav", user_id=i)
+                                                           for i in range(JOBS)])
+    results: ResultStore = field(default_factory=ResultStore)
+    calls: int = 0
+    deliveries: int = 0
+    closes: int = 0
+    killed: list[str] = field(default_factory=list)    # the jobs in hand when the worker process died
+    crashes: list[str] = field(default_factory=list)   # why each worker died
+    left: int = 0
+    dead_bodies: list[tuple[bytes, dict[str, Any]]] = field(default_factory=list)
+    t0: float = field(default_factory=time.monotonic)
+
+    @property
+    def name(self) -> str:
+        """The worker connections' name (the management API closes them by it)."""
+        return f"{self.queue}.worker"
+
+    def process(self, job: VoiceJob) -> dict[str, Any]:
+        """The job's work, with the faults: a forced close at call :data:`CLOSE_AT`, crashes at :data:`CRASH_AT`."""
+        self.calls += 1
         time.sleep(0.002)
-        if calls[0] == CLOSE_AT:
-            closes[0] += mgmt.close_connections(name, reason="voicelab checker: forced close")
+        if self.calls == CLOSE_AT:
+            self.closes += self.mgmt.close_connections(self.name, reason="voicelab checker: forced close")
             time.sleep(0.3)   # the close reaches the worker before its ack goes out
-        if calls[0] in CRASH_AT:
-            killed.append(job.job_id)
+        if self.calls in CRASH_AT:
+            self.killed.append(job.job_id)
             raise WorkerCrashed(f"worker process killed during job {job.job_id[:8]}")
         return {"job_id": job.job_id, "user_id": job.user_id}
 
-    def on_message(ch: Any, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
-        deliveries[0] += 1
-        fn(ch, method, properties, body, process, results)
+    def on_message(self, ch: Any, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
+        self.deliveries += 1
+        self.fn(ch, method, properties, body, self.process, self.results)
 
-    deliveries = [0]
-    left = dead = 0
-    dead_bodies: list[tuple[bytes, dict[str, Any]]] = []
-    t0 = time.monotonic()
-    try:
-        with broker.connect() as connection:
+    def publish(self) -> None:
+        """Half the jobs, the poison, the other half: confirmed, persistent."""
+        with self.broker.connect() as connection:
             channel = connection.channel()
-            declare_job_queue(channel, queue)
             confirm_mode(channel)
-            for k, body in enumerate([j.to_json() for j in jobs[:JOBS // 2]] + list(POISON)
-                                     + [j.to_json() for j in jobs[JOBS // 2:]]):
-                channel.basic_publish("", queue, body, job_properties(message_id=f"m{k}"), mandatory=True)
-        # the supervisor: one worker at a time; a fresh one after every crash or lost connection
-        idle_since = None
-        while time.monotonic() - t0 < MAX_SECONDS and len(crashes) < MAX_CRASHES and deliveries[0] < MAX_DELIVERIES:
-            connection = broker.connect(client_properties={"connection_name": name}, heartbeat=10)
-            try:
-                channel = connection.channel()
-                channel.basic_qos(prefetch_count=5)
-                channel.basic_consume(queue, on_message)
-                seen = -1
-                while time.monotonic() - t0 < MAX_SECONDS and deliveries[0] < MAX_DELIVERIES:
-                    connection.process_data_events(time_limit=0.05)
-                    if deliveries[0] != seen:
-                        seen, idle_since = deliveries[0], time.monotonic()
-                    elif time.monotonic() - idle_since > 0.6:
-                        break
-                else:
-                    continue
-                break   # idle: the queue gave nothing for 0.6 s
-            except NotImplementedError:
-                raise
-            except WorkerCrashed as e:
-                crashes.append(str(e))
-            except CONNECTION_ERRORS as e:
-                crashes.append(f"connection lost: {type(e).__name__}")
-            except Exception as e:   # the learner's code raised: that kills a real worker process too
-                crashes.append(f"your worker raised {type(e).__name__}: {e}")
-            finally:
-                if connection.is_open:
-                    try:
-                        connection.close()   # like a dead process: the broker requeues what was not acked
-                    except CONNECTION_ERRORS:
-                        pass
-        with broker.connect() as connection:
-            channel = connection.channel()
-            left = int(channel.queue_declare(queue, passive=True).method.message_count)
-            dead_bodies.extend((m.body, dict(m.properties.headers or {})) for m in drain(channel, dlq_name(queue)))
-            dead = len(dead_bodies)
-    finally:
-        mgmt.close()
-        with broker.connect() as connection:
-            channel = connection.channel()
-            channel.queue_delete(queue)
-            channel.queue_delete(dlq_name(queue))
+            for k, body in enumerate([j.to_json() for j in self.jobs[:JOBS // 2]] + list(POISON)
+                                     + [j.to_json() for j in self.jobs[JOBS // 2:]]):
+                channel.basic_publish("", self.queue, body, job_properties(message_id=f"m{k}"), mandatory=True)
 
-    in_dlq = Counter(body for body, _ in dead_bodies)
-    done = {j for j in good if results.result(j) is not None}
-    good_dead = [j for j in jobs if j.to_json() in in_dlq]
-    lost = [j for j in jobs if j.job_id not in done and j.to_json() not in in_dlq]
-    poison_out = [p for p in POISON if p not in in_dlq]
-    worker_raised = [c for c in crashes if c.startswith("your worker raised")]
-    if len(crashes) >= MAX_CRASHES:
-        raise Wrong(f"your worker died {len(crashes)} times and the checker stopped it; the last: {crashes[-1]}. "
+    def _running(self) -> bool:
+        return time.monotonic() - self.t0 < MAX_SECONDS and self.deliveries < MAX_DELIVERIES
+
+    def supervise(self) -> None:
+        """One worker at a time; a fresh one after every crash or lost connection, until the queue is idle."""
+        while self._running() and len(self.crashes) < MAX_CRASHES:
+            if self._one_worker():
+                return
+
+    def _one_worker(self) -> bool:
+        """Run one worker until the queue is idle (True), it dies or the time is up (False)."""
+        connection = self.broker.connect(client_properties={"connection_name": self.name}, heartbeat=10)
+        try:
+            channel = connection.channel()
+            channel.basic_qos(prefetch_count=5)
+            channel.basic_consume(self.queue, self.on_message)
+            return self._consume_until_idle(connection)
+        except NotImplementedError:
+            raise
+        except WorkerCrashed as e:
+            self.crashes.append(str(e))
+        except CONNECTION_ERRORS as e:
+            self.crashes.append(f"connection lost: {type(e).__name__}")
+        except Exception as e:   # the learner's code raised: that kills a real worker process too
+            self.crashes.append(f"your worker raised {type(e).__name__}: {e}")
+        finally:
+            if connection.is_open:
+                try:
+                    connection.close()   # like a dead process: the broker requeues what was not acked
+                except CONNECTION_ERRORS:
+                    pass
+        return False
+
+    def _consume_until_idle(self, connection: Any) -> bool:
+        """Deliver until the queue gives nothing for 0.6 s (True) or the time is up (False)."""
+        seen, idle_since = -1, 0.0
+        while self._running():
+            connection.process_data_events(time_limit=0.05)
+            if self.deliveries != seen:
+                seen, idle_since = self.deliveries, time.monotonic()
+            elif time.monotonic() - idle_since > 0.6:
+                return True
+        return False
+
+    def read_queues(self) -> None:
+        """What is left in the queue, and what is in the DLQ (drained)."""
+        with self.broker.connect() as connection:
+            channel = connection.channel()
+            self.left = int(channel.queue_declare(self.queue, passive=True).method.message_count)
+            self.dead_bodies.extend((m.body, dict(m.properties.headers or {}))
+                                    for m in drain(channel, dlq_name(self.queue)))
+
+
+def _refuse_runaway(t: _Trial) -> None:
+    """A worker that kept dying, or a queue that kept redelivering: the checker stopped it."""
+    if len(t.crashes) >= MAX_CRASHES:
+        raise Wrong(f"your worker died {len(t.crashes)} times and the checker stopped it; the last: {t.crashes[-1]}. "
                     f"A message that can never be done (BadJob) crashes it at every redelivery: catch it and put "
                     f"it in the DLQ")
-    if deliveries[0] >= MAX_DELIVERIES:
-        raise Wrong(f"the queue delivered {deliveries[0]} times for {JOBS + len(POISON)} messages and never settled: "
+    if t.deliveries >= MAX_DELIVERIES:
+        raise Wrong(f"the queue delivered {t.deliveries} times for {JOBS + len(POISON)} messages and never settled: "
                     f"a message your worker requeues (basic_nack/basic_reject with requeue=True) comes straight back; "
                     f"one that can never be done (BadJob) belongs in the DLQ")
-    if lost and left == 0:
-        in_hand = sum(1 for j in lost if j.job_id in killed)
+
+
+def _refuse_misplaced(t: _Trial, in_dlq: Counter[bytes]) -> None:
+    """Jobs lost, good jobs in the DLQ, poison outside it, messages left in the queue."""
+    done = {j.job_id for j in t.jobs if t.results.result(j.job_id) is not None}
+    lost = [j for j in t.jobs if j.job_id not in done and j.to_json() not in in_dlq]
+    if lost and t.left == 0:
+        in_hand = sum(1 for j in lost if j.job_id in t.killed)
         raise Wrong(f"{len(lost)} of {JOBS} jobs were lost: never applied, not in the queue, not in the DLQ. "
                     + (f"{in_hand} of them were in hand when the worker process was killed, and already acked: the "
                        f"broker had forgotten them, and nobody had stored their result. "
                        if in_hand else "")
                     + "Ack only after results.apply(...): a job not acked is redelivered when its worker dies")
+    good_dead = [j for j in t.jobs if j.to_json() in in_dlq]
     if good_dead:
         raise Wrong(f"{len(good_dead)} good job(s) ended in the DLQ (e.g. {good_dead[0].job_id[:8]}): only a "
                     f"message that can never be done belongs there; a job whose connection died is redelivered "
                     f"by the broker, do not reject it")
+    poison_out = [p for p in POISON if p not in in_dlq]
     if poison_out:
-        where = "still in the queue" if left else "acked and dropped"
+        worker_raised = [c for c in t.crashes if c.startswith("your worker raised")]
+        where = "still in the queue" if t.left else "acked and dropped"
         raise Wrong(f"{len(poison_out)} poison message(s) are not in the DLQ ({where}), e.g. {poison_out[0][:20]!r}"
                     + (f"; your worker raised on them: {worker_raised[0]}" if worker_raised else "")
                     + ". A body VoiceJob.from_json refuses (BadJob) goes to <queue>.dlq: "
                       "basic_reject(requeue=False), or publish it there with a reason and ack")
-    if lost or left:
-        raise Wrong(f"{len(lost)} of {JOBS} jobs were not done and {left} message(s) are still in the queue after "
-                    f"{len(crashes)} worker restarts: every delivery must end acked after its result is stored, "
+    if lost or t.left:
+        raise Wrong(f"{len(lost)} of {JOBS} jobs were not done and {t.left} message(s) are still in the queue after "
+                    f"{len(t.crashes)} worker restarts: every delivery must end acked after its result is stored, "
                     f"or in the DLQ")
-    wrong = [j for j in jobs if results.result(j.job_id) != {"job_id": j.job_id, "user_id": j.user_id}]
+
+
+def _verdict(t: _Trial) -> str:
+    """Raise :class:`Wrong` for the first thing the trial got wrong; else what it verified."""
+    _refuse_runaway(t)
+    _refuse_misplaced(t, Counter(body for body, _ in t.dead_bodies))
+    wrong = [j for j in t.jobs if t.results.result(j.job_id) != {"job_id": j.job_id, "user_id": j.user_id}]
     if wrong:
         raise Wrong(f"{len(wrong)} job(s) have a stored result that is not what process(job) returned: "
                     f"call results.apply(job.job_id, process(job))")
-    twice = sum(1 for j in good if results.handled[j] >= 2)
-    faults = [c for c in crashes if not c.startswith("your worker raised")]
-    return (f"{JOBS} jobs through {len(faults)} faults ({closes[0]} forced close, {len(CRASH_AT)} worker crashes "
-            f"mid-job): all {JOBS} applied once ({twice} done twice, applied once), {dead} poison message(s) in the "
-            f"DLQ, none lost.")
+    twice = sum(1 for j in t.jobs if t.results.handled[j.job_id] >= 2)
+    faults = [c for c in t.crashes if not c.startswith("your worker raised")]
+    return (f"{JOBS} jobs through {len(faults)} faults ({t.closes} forced close, {len(CRASH_AT)} worker crashes "
+            f"mid-job): all {JOBS} applied once ({twice} done twice, applied once), {len(t.dead_bodies)} poison "
+            f"message(s) in the DLQ, none lost.")
+
+
+def _check_worker(fn: Callable[..., Any]) -> str:
+    broker = shared_broker()
+    with scratch_queue("capstone", dead_letters=True, broker=broker) as queue:
+        mgmt = Management(broker)
+        try:
+            trial = _Trial(fn, broker, queue, mgmt)
+            trial.publish()
+            trial.supervise()
+            trial.read_queues()
+        finally:
+            mgmt.close()
+    return _verdict(trial)
 
 
 q1 = Exercise(

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..broker import shared_broker
-from ..queues import declare_job_queue, dlq_name
+from ..queues import declare_job_queue, delete_job_queue
 
 if TYPE_CHECKING:
     from ..broker import Broker
@@ -177,10 +177,7 @@ def scratch_queue(topic: str, dead_letters: bool = False, broker: Broker | None 
         yield queue
     finally:
         with broker.connect() as connection:
-            channel = connection.channel()
-            channel.queue_delete(queue)
-            if dead_letters:
-                channel.queue_delete(dlq_name(queue))
+            delete_job_queue(connection.channel(), queue)   # with its DLQ, if it has one
 
 
 HEADROOM = 1.2

@@ -11,7 +11,8 @@ import the library and pandas/matplotlib; no library module imports the lab.
 - 05 durability: :mod:`~voicelab.lab.durability` (what survives restart and kill, costs of confirms)
 - 06 retries: :mod:`~voicelab.lab.retries`, :mod:`~voicelab.lab.faults`, :mod:`~voicelab.lab.bad_input`
 - 07 monitoring: :mod:`~voicelab.lab.backlog`, :mod:`~voicelab.lab.alert_scenarios`,
-  :mod:`~voicelab.lab.health_scenarios`
-- 08 capstone: :mod:`~voicelab.lab.chaos`
+  :mod:`~voicelab.lab.health_scenarios`, :mod:`~voicelab.lab.workload` (a paced publisher, timed consumers)
+- 08 capstone: :mod:`~voicelab.lab.chaos` (the drill), :mod:`~voicelab.lab.chaos_report` (its accounting and dashboard)
+- 01, 05: :mod:`~voicelab.lab.deprecations` (the guide's deprecated declarations, per RabbitMQ version)
 - every chapter: :mod:`~voicelab.lab.guide_patterns`, the source guide's broken code, run to watch it fail
 """

@@ -33,7 +33,7 @@ import pika.exceptions
 
 from ..broker import Broker, UrlBroker
 from ..management import Management
-from ..queues import dlq_name, drain, refill, settled, wait_for_consumers, wait_stable
+from ..queues import delete_job_queue, dlq_name, drain, refill, settled, wait_for_consumers, wait_stable
 from .measure import add_caption
 
 
@@ -146,8 +146,7 @@ def settle(broker: Broker, how: str, queue: str = "settle_demo") -> dict[str, An
         wait_stable(channel, queue, dlq_name(queue))  # requeue and dead-lettering are asynchronous
         again, dead = drain(channel, queue), drain(channel, dlq_name(queue))
         reason = (dead[0].properties.headers or {}).get("x-death", [{}])[0].get("reason") if dead else None
-        channel.queue_delete(queue)
-        channel.queue_delete(dlq_name(queue))
+        delete_job_queue(channel, queue)
     return {
         "settled with": how,
         "back in queue": bool(again),
@@ -165,8 +164,6 @@ def forgotten_acks(broker: Broker, queue: str, n: int, hold: float = 8.0, after:
     management API) and how many of the ``n`` messages came back flagged ``redelivered``.
     The management API's queue counters refresh every 5 s, so each phase lasts longer than that.
     """
-
-
     mgmt = Management(broker)
     with broker.connect() as connection:
         channel = connection.channel()
@@ -285,8 +282,6 @@ def plot_crashes(crashes: "pd.DataFrame", title: str = "A consumer process kille
     left: it will run twice); back in the queue unprocessed; lost. The parts add up to the messages sent.
     ``crashes`` has one row per run (its ``repeat`` column counts the repeats).
     """
-
-
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 2.6))
     parts = crash_parts(crashes)
@@ -303,8 +298,6 @@ def plot_crashes(crashes: "pd.DataFrame", title: str = "A consumer process kille
 
 def plot_forgotten_acks(samples: "pd.DataFrame", caption: str = "", ax: "plt.Axes | None" = None) -> "plt.Axes":
     """The ready and unacked counters of :func:`forgotten_acks` over time; a dashed line where the channel closed."""
-
-
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3))
     samples.plot(x="t", y=["ready", "unacked"], drawstyle="steps-post", ax=ax)

@@ -21,16 +21,15 @@ from typing import Any, Callable
 
 import matplotlib.pyplot as plt
 import pandas as pd
-import pika
 
 from ..alerts import COLUMNS, Rule, matrix
 from ..broker import Broker
 from ..management import Management
 from ..monitoring import Prometheus
-from ..queues import dlq_name, publish_bodies, reset_queue
-from .backlog import consume_jobs
+from ..queues import delete_job_queue, dlq_name, publish_bodies, reset_queue
 from .guide_patterns import GUIDE_DEPTH_WARNING
 from .measure import add_caption
+from .workload import consume_jobs, publish_paced
 
 
 def guide_rule() -> Rule:
@@ -67,24 +66,6 @@ SCENARIOS = [
     Scenario("dead letters", publish_rate=10, consumers=1, job_s=0.005, prefetch=5, reject_every=4),
     Scenario("slow consumers", publish_rate=0, prefill=400, consumers=1, job_s=0.02, prefetch=1),
 ]
-
-
-def _publish_at(broker: Broker, queue: str, rate: float, stop: threading.Event, errors: list[BaseException]) -> None:
-    try:
-        with broker.connect(client_properties={"connection_name": f"voicelab publisher {queue}"}) as connection:
-            channel = connection.channel()
-            channel.confirm_delivery()
-            props = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
-            t0, i = time.monotonic(), 0
-            while not stop.is_set():
-                delay = t0 + i / rate - time.monotonic()
-                if delay > 0:
-                    stop.wait(delay)
-                    continue
-                channel.basic_publish("", queue, str(i).encode(), props)
-                i += 1
-    except BaseException as e:
-        errors.append(e)
 
 
 def _queue_rows(mgmt: Management, prom: Prometheus, queues: list[str], t: float) -> list[dict[str, Any]]:
@@ -172,7 +153,7 @@ def run_scenarios(broker: Broker, scenarios: list[Scenario] | None = None, secon
                     kwargs=dict(prefetch=s.prefetch, errors=errors, reject_every=s.reject_every,
                                 name=f"voicelab consumer {s.queue} {i + 1}")))
             if s.publish_rate:
-                threads.append(threading.Thread(target=_publish_at, args=(broker, s.queue, s.publish_rate, stop, errors),
+                threads.append(threading.Thread(target=publish_paced, args=(broker, s.queue, s.publish_rate, stop, errors),
                                                 daemon=True))
         for t in threads:
             t.start()
@@ -190,8 +171,7 @@ def run_scenarios(broker: Broker, scenarios: list[Scenario] | None = None, secon
             with broker.connect() as connection:
                 channel = connection.channel()
                 for s in scenarios:
-                    channel.queue_delete(s.queue)
-                    channel.queue_delete(dlq_name(s.queue))
+                    delete_job_queue(channel, s.queue)
     names = {s.queue: s.name for s in scenarios}
     samples.insert(1, "scenario", samples["queue"].map(names))
     return samples
@@ -206,8 +186,6 @@ def fired(evaluations: pd.DataFrame) -> pd.DataFrame:
 def plot_scenarios(samples: pd.DataFrame, evaluations: pd.DataFrame, *, title: str = "", caption: str = "") -> Any:
     """One panel per scenario: depth (ready + unacked, from Prometheus) against time, a mark for each rule
     at every sample where it fired."""
-
-
     names = list(dict.fromkeys(samples["scenario"]))
     rules = list(dict.fromkeys(evaluations["rule"]))
     fig, axes = plt.subplots(1, len(names), figsize=(2.1 * len(names) + 1, 3.4), sharex=True, squeeze=False)

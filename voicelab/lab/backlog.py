@@ -15,7 +15,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,13 +23,13 @@ from typing import Any, Callable
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import pika
 
 from ..broker import Broker
 from ..management import Management
 from ..monitoring import Prometheus, connection_totals, management_view, passive_view
 from ..queues import reset_queue
 from .measure import add_caption
+from .workload import consume_jobs, publish_paced
 
 
 def three_views(broker: Broker, queue: str) -> pd.DataFrame:
@@ -56,8 +55,10 @@ def three_views(broker: Broker, queue: str) -> pd.DataFrame:
 
 @dataclass
 class Truth:
-    """What the client side knows for sure: when each message was confirmed, and when each was acked."""
+    """What the client side knows for sure: when each message was confirmed, and when each was acked
+    (seconds since ``t0``, a ``time.monotonic()``)."""
 
+    t0: float = field(default_factory=time.monotonic)
     published: list[float] = field(default_factory=list)
     acked: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -66,63 +67,13 @@ class Truth:
         with self.lock:
             return len(self.published) - len(self.acked)
 
+    def mark_published(self) -> None:
+        with self.lock:
+            self.published.append(time.monotonic() - self.t0)
 
-def _publisher(broker: Broker, queue: str, rate: float, stop: threading.Event, truth: Truth, t0: float,
-               errors: list[BaseException]) -> None:
-    try:
-        with broker.connect(client_properties={"connection_name": "voicelab monitor publisher"}) as connection:
-            channel = connection.channel()
-            channel.confirm_delivery()
-            props = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
-            i = 0
-            while not stop.is_set():
-                due = t0 + i / rate
-                delay = due - time.monotonic()
-                if delay > 0:
-                    stop.wait(delay)
-                    continue
-                channel.basic_publish("", queue, str(i).encode(), props)
-                with truth.lock:
-                    truth.published.append(time.monotonic() - t0)
-                i += 1
-    except BaseException as e:  # reported by run_backlog
-        errors.append(e)
-
-
-def consume_jobs(broker: Broker, queue: str, job_s: float, stop: threading.Event, *, prefetch: int = 1,
-                 truth: Truth | None = None, t0: float = 0.0, errors: list[BaseException] | None = None,
-                 name: str = "voicelab monitor consumer", requeue_every: int = 0, reject_every: int = 0) -> None:
-    """A consumer thread's body: take jobs from ``queue``, 'work' ``job_s`` s each, ack; until ``stop`` is set.
-
-    ``reject_every=n`` rejects every n-th message without requeue (to its dead-letter queue).
-    """
-    try:
-        with broker.connect(client_properties={"connection_name": name}) as connection:
-            channel = connection.channel()
-            channel.basic_qos(prefetch_count=prefetch)
-            n = 0
-            for method, _, _ in channel.consume(queue, inactivity_timeout=0.05):
-                if stop.is_set():
-                    break
-                if method is None:
-                    continue
-                n += 1
-                if job_s:
-                    time.sleep(job_s)
-                if reject_every and n % reject_every == 0:
-                    channel.basic_reject(method.delivery_tag, requeue=False)
-                else:
-                    channel.basic_ack(method.delivery_tag)
-                if truth is not None:
-                    with truth.lock:
-                        truth.acked.append(time.monotonic() - t0)
-            with contextlib.suppress(Exception):
-                channel.cancel()
-    except BaseException as e:
-        if errors is not None:
-            errors.append(e)
-        else:
-            raise
+    def mark_acked(self) -> None:
+        with self.lock:
+            self.acked.append(time.monotonic() - self.t0)
 
 
 @dataclass
@@ -165,59 +116,91 @@ def run_backlog(broker: Broker, queue: str, *, publish_rate: float = 40.0, ramp_
     if publish_rate <= 0 or ramp_s <= 0 or consumers < 1 or every <= 0:
         raise ValueError("publish_rate, ramp_s, every must be > 0 and consumers >= 1")
     mgmt, prom = Management(broker), Prometheus.of(broker)
-    stop_pub, stop_cons = threading.Event(), threading.Event()
-    truth, errors = Truth(), []  # type: ignore[var-annotated]
+    load = _Load(broker, queue)
     rows: list[dict[str, Any]] = []
-    threads: list[threading.Thread] = []
-    consumers_at, empty_at, stopped_at = ramp_s, None, None
+    consumers_at, empty_at, stopped_at = ramp_s, None, float("inf")
     try:
         with broker.connect() as connection:
             channel = connection.channel()
             reset_queue(channel, queue)
-            t0 = time.monotonic()
-            pub = threading.Thread(target=_publisher, args=(broker, queue, publish_rate, stop_pub, truth, t0, errors),
-                                   daemon=True, name="monitor-publisher")
-            pub.start()
-            threads.append(pub)
+            load.start_publisher(publish_rate)
             tick = 0
             while True:
                 tick += 1
-                now = time.monotonic() - t0
-                if now >= ramp_s and len(threads) == 1:
+                now = time.monotonic() - load.truth.t0
+                if now >= ramp_s and not load.consumers:
                     consumers_at = now
-                    for i in range(consumers):
-                        t = threading.Thread(target=consume_jobs, daemon=True, name=f"monitor-consumer-{i}",
-                                             args=(broker, queue, job_s, stop_cons),
-                                             kwargs=dict(truth=truth, t0=t0, errors=errors,
-                                                         name=f"voicelab monitor consumer {i + 1}"))
-                        t.start()
-                        threads.append(t)
-                row = {"t": time.monotonic() - t0, "truth": truth.depth()}
-                row.update(sample_sources(channel, mgmt, prom, queue))
-                row["t_end"] = time.monotonic() - t0
+                    load.start_consumers(consumers, job_s)
+                row = _sample_row(channel, mgmt, prom, queue, load.truth)
                 rows.append(row)
                 if empty_at is None and now > consumers_at + 0.5 and row["truth"] == 0 and row["passive_ready"] == 0:
-                    empty_at = row["t"]
-                    stop_pub.set()
-                    stopped_at = now
-                if errors:
-                    raise RuntimeError("a publisher or consumer thread failed") from errors[0]
+                    empty_at, stopped_at = row["t"], now
+                    load.stop_publisher.set()
+                load.raise_failure()
                 if on_sample is not None:
                     on_sample(pd.DataFrame(rows), None)
-                if stopped_at is not None and now > stopped_at + tail_s or now > max_s:
+                if now > stopped_at + tail_s or now > max_s:
                     break
-                time.sleep(max(0.0, t0 + tick * every - time.monotonic()))
+                time.sleep(max(0.0, load.truth.t0 + tick * every - time.monotonic()))
     finally:
-        stop_pub.set()
-        stop_cons.set()
-        for t in threads:
-            t.join(10)
+        load.stop()
         mgmt.close()
         prom.close()
-    run = BacklogRun(pd.DataFrame(rows), truth, consumers_at, empty_at, publish_rate, consumers, job_s)
+    run = BacklogRun(pd.DataFrame(rows), load.truth, consumers_at, empty_at, publish_rate, consumers, job_s)
     if on_sample is not None:
         on_sample(run.samples, run)
     return run
+
+
+class _Load:
+    """The threads of :func:`run_backlog`: a paced publisher, then consumers; what they do is counted in ``truth``."""
+
+    def __init__(self, broker: Broker, queue: str) -> None:
+        self.broker, self.queue = broker, queue
+        self.truth = Truth()
+        self.errors: list[BaseException] = []
+        self.stop_publisher, self.stop_consumers = threading.Event(), threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.consumers: list[threading.Thread] = []
+
+    def start_publisher(self, rate: float) -> None:
+        """Start the clock (``truth.t0``) and the publisher."""
+        self.truth = Truth()
+        self._start(threading.Thread(
+            target=publish_paced, args=(self.broker, self.queue, rate, self.stop_publisher, self.errors),
+            kwargs=dict(start=self.truth.t0, on_publish=self.truth.mark_published, name="voicelab monitor publisher"),
+            daemon=True, name="monitor-publisher"))
+
+    def start_consumers(self, consumers: int, job_s: float) -> None:
+        for i in range(consumers):
+            self.consumers.append(self._start(threading.Thread(
+                target=consume_jobs, args=(self.broker, self.queue, job_s, self.stop_consumers),
+                kwargs=dict(on_settle=self.truth.mark_acked, errors=self.errors,
+                            name=f"voicelab monitor consumer {i + 1}"),
+                daemon=True, name=f"monitor-consumer-{i}")))
+
+    def _start(self, thread: threading.Thread) -> threading.Thread:
+        thread.start()
+        self.threads.append(thread)
+        return thread
+
+    def raise_failure(self) -> None:
+        if self.errors:
+            raise RuntimeError("a publisher or consumer thread failed") from self.errors[0]
+
+    def stop(self) -> None:
+        self.stop_publisher.set()
+        self.stop_consumers.set()
+        for thread in self.threads:
+            thread.join(10)
+
+
+def _sample_row(channel: Any, mgmt: Management, prom: Prometheus, queue: str, truth: Truth) -> dict[str, Any]:
+    """One tick of :func:`run_backlog`: the truth, then :func:`sample_sources`, timed (``t``, ``t_end``)."""
+    row: dict[str, Any] = {"t": time.monotonic() - truth.t0, "truth": truth.depth()}
+    row.update(sample_sources(channel, mgmt, prom, queue))
+    row["t_end"] = time.monotonic() - truth.t0
+    return row
 
 
 def staleness(run: BacklogRun) -> pd.DataFrame:

@@ -27,9 +27,9 @@ import pika
 from ..broker import Broker, BrokerError, UrlBroker, free_port, mask_url
 from ..deadletters import list_dead_letters
 from ..publishing import PublishFailed, ReliablePublisher
-from ..queues import confirm_mode, dlq_name, job_properties
+from ..queues import confirm_mode, delete_job_queue, job_properties
 from ..retry import RetryPolicy, declare_retry_queue
-from .retries import run_worker
+from .retries import run_retry_worker
 
 MAX_MESSAGE_SIZE_DEFAULT = {(3, 10): 134_217_728, (4, 0): 16_777_216}
 """``max_message_size`` by default: 128 MiB up to 3.13, 16 MiB from 4.0 (``deps/rabbit/Makefile`` of v3.10.8,
@@ -73,19 +73,17 @@ def message_tour(broker: Broker, queue: str = "bad_input") -> pd.DataFrame:
     policy = RetryPolicy("republish", max_attempts=3)
     with broker.connect() as connection:
         channel = connection.channel()
-        channel.queue_delete(queue)
-        channel.queue_delete(dlq_name(queue))
+        delete_job_queue(channel, queue)
         declare_retry_queue(channel, queue, policy)
         confirm_mode(channel)
         for body, properties in messages.values():
             channel.basic_publish("", queue, body, properties, mandatory=True)
-    events = run_worker(broker, queue, lambda job, attempt: done.append(job.job_id), policy, timeout=30)
+    events = run_retry_worker(broker, queue, lambda job, attempt: done.append(job.job_id), policy, timeout=30)
     with broker.connect() as connection:
         channel = connection.channel()
         dead = {d.job: d for d in list_dead_letters(channel, queue)}
         left = channel.queue_declare(queue, passive=True).method.message_count
-        channel.queue_delete(queue)
-        channel.queue_delete(dlq_name(queue))
+        delete_job_queue(channel, queue)
     rows = []
     for label in messages:
         mine = events[events["job"] == label]

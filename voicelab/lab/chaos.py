@@ -1,14 +1,15 @@
 """Notebook 08's chaos run: the capstone service under load while things break, every job accounted for.
 
-:func:`run_chaos` makes N uploads while :data:`CHAOS` happens (workers killed, connections forced
+:class:`ChaosDrill` makes N uploads while :data:`CHAOS` happens (workers killed, connections forced
 closed, poison sent, the broker restarted), samples the queues for :func:`plot_dashboard`, then
 accounts: every job done with its effect applied once, or in the DLQ with its reason; lost counted.
+:func:`run_chaos` is the one call that runs a drill and returns its :class:`ChaosRun`.
 
 Example::
 
     from voicelab.broker import own_broker
     with own_broker() as broker, BlobStore.temporary() as blobs:
-        run = run_chaos(broker, blobs, n=2000)
+        run = run_chaos(broker, blobs, n=2000)        # ChaosDrill(broker, blobs, n=2000).run()
         run.counts["lost"]            # 0
         plot_dashboard(run, caption=broker_caption(broker))
 """
@@ -19,28 +20,22 @@ import json
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
+import pandas as pd
 import pika
-import pika.exceptions
 
 from ..broker import Broker
-from ..jobs import BlobStore, VoiceJob, process_job, synth_speech, wav_bytes
-from ..queues import confirm_mode, dlq_name, job_properties
-from ..retry import job_key
-
-if TYPE_CHECKING:  # not at run time: worker processes import this module
-    import matplotlib.pyplot as plt
-    import pandas as pd
-import matplotlib.pyplot as plt
-import pandas as pd
-
 from ..deadletters import list_dead_letters
+from ..jobs import BlobStore, VoiceJob, process_job, synth_speech, wav_bytes
 from ..management import Management
 from ..pipeline import WORKER_PREFIX, LogTail, VoiceService
-from .measure import add_caption
+from ..queues import confirm_mode, dlq_name, job_properties
+from ..retry import job_key
+from .chaos_report import BROKER_EVENTS, EVENT_COLUMNS, ChaosRun, Ledger, job_counts, job_table, plot_dashboard
 from .measure import progress as bar
+
+__all__ = ["CHAOS", "POISON_BODIES", "ChaosDrill", "ChaosRun", "plot_dashboard", "run_chaos"]
 
 CHAOS: tuple[tuple[float, str], ...] = (
     (0.10, "kill a worker process"),
@@ -49,25 +44,14 @@ CHAOS: tuple[tuple[float, str], ...] = (
     (0.55, "restart the broker"),
     (0.75, "kill -9 the broker, start it"),
 )
-
+"""The chaos schedule of :class:`ChaosDrill`: each event once the given fraction of the uploads is sent."""
 
 POISON_BODIES: tuple[tuple[str, Callable[[int], bytes]], ...] = (
     ("not JSON", lambda i: b"\x00\xffnot json at all"),
     ("a field missing", lambda i: json.dumps({"job_id": f"poison-field-{i}", "user_id": i}).encode()),
     ("audio missing", lambda i: VoiceJob(f"poison-audio-{i}", "audio/never-uploaded.wav", i).to_json()),
 )
-
-
-@dataclass
-class ChaosRun:
-    """What :func:`run_chaos` did: samples over time, the chaos events, one row per job, and the counts."""
-
-    samples: "pd.DataFrame"
-    events: "pd.DataFrame"
-    jobs: "pd.DataFrame"
-    counts: dict[str, int]
-    seconds: float
-    publisher: dict[str, int] = field(default_factory=dict)
+"""The poison a drill injects: kind, and the body of the ``i``-th of that kind."""
 
 
 def _poison(broker: Broker, queue: str, per_kind: int) -> dict[str, str]:
@@ -97,10 +81,7 @@ def _wait_listed(mgmt: Any, prefix: str, count: int, timeout: float = 10.0) -> i
         time.sleep(0.1)
 
 
-def run_chaos(broker: Broker, blobs: BlobStore, n: int = 2000, *, rate: float | None = None, queue: str = "chaos08",
-              processes: int = 2, threads: int = 2, prefetch: int = 10, effort: int = 2, clips: int = 12,
-              clip_seconds: float = 0.5, poison_per_kind: int = 3, schedule: tuple[tuple[float, str], ...] = CHAOS,
-              every: float = 0.25, timeout: float | None = None, progress: bool = True) -> ChaosRun:
+class ChaosDrill:
     """Upload ``n`` jobs to the service while ``schedule`` happens to it; account for every job.
 
     Uploads arrive at ``rate`` per second (default ``n / 20``: a 20 s stream) in batches of a fifth of a
@@ -112,262 +93,268 @@ def run_chaos(broker: Broker, blobs: BlobStore, n: int = 2000, *, rate: float | 
     queue depths (passive declare; none while the broker is down), connection errors, reconnections, worker
     processes lost and replaced. Needs a broker voicelab controls (:func:`voicelab.broker.own_broker`).
 
+    The steps of :meth:`run`: :meth:`prepare` (queue, recordings, their expected results), :meth:`start` (the
+    fleet, the uploads and the chaos, each in a thread), :meth:`watch` (supervise and sample until every job is
+    done or ``timeout``), :meth:`stop`, :meth:`account`. Each chaos event is a method: :meth:`kill_worker`,
+    :meth:`force_close`, :meth:`inject_poison`, :meth:`restart_broker`, :meth:`crash_broker`.
+
     The accounting (``jobs``, ``counts``): every uploaded job is ``done`` (its result stored once, equal to the
     result computed without any queue) or ``dead-lettered`` (with the reason from the DLQ) or ``lost``; every
     poison message is in the DLQ or lost; ``applied`` counts the workers' "applied" lines per job (a link
     that created the result), ``handled`` every time a worker finished it.
+
+    Example::
+
+        drill = ChaosDrill(broker, blobs, n=2000, schedule=CHAOS[:2])
+        run = drill.run()           # a ChaosRun
+        run.counts["lost"]          # 0
     """
 
+    def __init__(self, broker: Broker, blobs: BlobStore, n: int = 2000, *, rate: float | None = None,
+                 queue: str = "chaos08", processes: int = 2, threads: int = 2, prefetch: int = 10, effort: int = 2,
+                 clips: int = 12, clip_seconds: float = 0.5, poison_per_kind: int = 3,
+                 schedule: tuple[tuple[float, str], ...] = CHAOS, every: float = 0.25, timeout: float | None = None,
+                 progress: bool = True) -> None:
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an int >= 1, got {n!r}")
+        known = {name for _, name in CHAOS}
+        if any(name not in known for _, name in schedule):
+            raise ValueError(f"schedule events must be among {sorted(known)}, got {schedule!r}")
+        if any(name in BROKER_EVENTS for _, name in schedule) and not broker.can_control:
+            raise ValueError("restarting or killing the broker needs a broker voicelab started (own_broker())")
+        rate = rate or max(10.0, n / 20)
+        if not rate > 0:
+            raise ValueError(f"rate must be > 0 uploads/s, got {rate!r}")
+        self.broker, self.blobs, self.n, self.rate, self.queue = broker, blobs, n, rate, queue
+        self.processes, self.threads, self.prefetch, self.effort = processes, threads, prefetch, effort
+        self.clips, self.clip_seconds, self.poison_per_kind = clips, clip_seconds, poison_per_kind
+        self.schedule, self.every, self.progress = schedule, every, progress
+        self.timeout = timeout if timeout is not None else 120 + 2 * n / rate
+        self.actions: dict[str, Callable[[], str]] = {
+            "kill a worker process": self.kill_worker, "force-close connections": self.force_close,
+            "inject poison messages": self.inject_poison, "restart the broker": self.restart_broker,
+            "kill -9 the broker, start it": self.crash_broker}
+        # shared by the threads: what the uploads, the chaos and the workers did so far
+        self.sent = self.confirmed = self.republished = self.publisher_reconnects = self.done = 0
+        self.error: BaseException | None = None
+        self.poison: dict[str, str] = {}
+        self.uploaded: list[VoiceJob] = []
+        self.events: list[dict[str, Any]] = []
+        self.samples: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._probe: Any = None
+        self._bar: Any = None
+        self.t0 = 0.0
 
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an int >= 1, got {n!r}")
-    known = {name for _, name in CHAOS}
-    if any(name not in known for _, name in schedule):
-        raise ValueError(f"schedule events must be among {sorted(known)}, got {schedule!r}")
-    if any(name in ("restart the broker", "kill -9 the broker, start it") for _, name in schedule) \
-            and not broker.can_control:
-        raise ValueError("restarting or killing the broker needs a broker voicelab started (own_broker())")
-    rate = rate or max(10.0, n / 20)
-    if not rate > 0:
-        raise ValueError(f"rate must be > 0 uploads/s, got {rate!r}")
-    timeout = timeout if timeout is not None else 120 + 2 * n / rate
-    service = VoiceService(broker, blobs, queue, effort=effort)
-    service.declare(fresh=True)
-    audio = [wav_bytes(synth_speech(clip_seconds, seed=s)) for s in range(clips)]
-    features = {}
-    for a in audio:
-        probe = VoiceJob("probe", blobs.put(a), 0)
-        features[probe.blob_key] = {k: v for k, v in process_job(probe, blobs, effort=effort).items()
-                                    if k not in ("job_id", "user_id")}
-    uploads = [(audio[i % clips], i) for i in range(n)]
-    batch = max(1, round(rate / 5))
-    log_dir = blobs.root / f"logs-{queue}"
-    fleet = service.fleet(processes=processes, threads=threads, prefetch=prefetch, log_dir=log_dir)
-    mgmt = Management(broker)
-    tail = LogTail(log_dir)
-    stop = threading.Event()
-    state: dict[str, Any] = {"done": 0, "sent": 0, "confirmed": 0, "republished": 0, "publisher reconnects": 0,
-                             "error": None, "poison": {}}
-    uploaded: list[VoiceJob] = []
-    events: list[dict[str, Any]] = []
-
-    fleet.start()
-    t0 = time.time()
-
-    def publish_loop() -> None:
+    def run(self) -> ChaosRun:
+        """Every step in order; what happened, accounted for."""
+        self.prepare()
+        self.start()
         try:
-            while state["sent"] < n and not stop.is_set():
-                due = (time.time() - t0) * rate   # uploads the users have made by now
-                if state["sent"] >= due:
-                    time.sleep(min(0.2, (state["sent"] - due) / rate + 0.001))
+            self.watch()
+        finally:
+            self.stop()
+        seconds = time.time() - self.t0
+        self.ledger.read()   # what the workers wrote while they stopped
+        return self.account(seconds)
+
+    # -- the steps -----------------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """A fresh job queue; the recordings and, for each, the result computed without any queue; the fleet."""
+        self.service = VoiceService(self.broker, self.blobs, self.queue, effort=self.effort)
+        self.service.declare(fresh=True)
+        audio = [wav_bytes(synth_speech(self.clip_seconds, seed=s)) for s in range(self.clips)]
+        self.features: dict[str, dict[str, Any]] = {}
+        for a in audio:
+            probe = VoiceJob("probe", self.blobs.put(a), 0)
+            self.features[probe.blob_key] = {k: v for k, v in process_job(probe, self.blobs, effort=self.effort).items()
+                                             if k not in ("job_id", "user_id")}
+        self.uploads = [(audio[i % self.clips], i) for i in range(self.n)]
+        log_dir = self.blobs.root / f"logs-{self.queue}"
+        self.fleet = self.service.fleet(processes=self.processes, threads=self.threads, prefetch=self.prefetch,
+                                        log_dir=log_dir)
+        self.mgmt = Management(self.broker)
+        self.ledger = Ledger(LogTail(log_dir))
+
+    def start(self) -> None:
+        """Start the fleet, then the uploads and the chaos, each in a thread; the clock starts with the fleet."""
+        self.fleet.start()
+        self.t0 = time.time()
+        self._threads = [threading.Thread(target=self._publish_uploads, daemon=True, name="voicelab-uploads"),
+                         threading.Thread(target=self._fire_schedule, daemon=True, name="voicelab-chaos")]
+        for th in self._threads:
+            th.start()
+
+    def _publish_uploads(self) -> None:
+        """Thread: upload at ``rate`` per second, in batches of a fifth of a second, until ``n`` are sent."""
+        batch = max(1, round(self.rate / 5))
+        try:
+            while self.sent < self.n and not self._stop.is_set():
+                due = (time.time() - self.t0) * self.rate   # uploads the users have made by now
+                if self.sent >= due:
+                    time.sleep(min(0.2, (self.sent - due) / self.rate + 0.001))
                     continue
-                chunk = uploads[state["sent"]:state["sent"] + batch]
-                jobs, report = service.upload_many(chunk)
-                uploaded.extend(jobs)
-                state["sent"] += len(chunk)
-                state["confirmed"] += len(report.confirmed)
-                state["republished"] += report.republished
-                state["publisher reconnects"] += report.reconnects
-        except Exception as e:   # BrokerGone, PublishFailed: counted below as jobs never uploaded
-            state["error"] = e
+                chunk = self.uploads[self.sent:self.sent + batch]
+                jobs, report = self.service.upload_many(chunk)
+                self.uploaded.extend(jobs)
+                self.sent += len(chunk)
+                self.confirmed += len(report.confirmed)
+                self.republished += report.republished
+                self.publisher_reconnects += report.reconnects
+        except Exception as e:   # BrokerGone, PublishFailed: counted as jobs never uploaded
+            self.error = e
 
-    def chaos_loop() -> None:
+    def _fire_schedule(self) -> None:
+        """Thread: each chaos event of the schedule once its fraction of the uploads is sent; record it."""
         try:
-            for fraction, name in schedule:
-                while state["sent"] < fraction * n:
-                    if stop.wait(0.02):
+            for fraction, name in self.schedule:
+                while self.sent < fraction * self.n:
+                    if self._stop.wait(0.02):
                         return
                 start = time.time()
-                if name == "kill a worker process":
-                    detail = f"SIGKILL worker process {fleet.kill(0)}"
-                elif name == "force-close connections":
-                    _wait_listed(mgmt, WORKER_PREFIX, processes * threads)
-                    with fleet.holding() as held:
-                        closed = mgmt.close_connections(WORKER_PREFIX, reason="voicelab chaos")
-                        time.sleep(0.3)   # the close reaches the consumers before their acks go out
-                    detail = f"{closed} worker connections closed by the broker, {held} holding a job"
-                elif name == "inject poison messages":
-                    state["poison"] = _poison(broker, queue, poison_per_kind)
-                    detail = f"{len(state['poison'])} poison messages"
-                elif name == "restart the broker":
-                    broker.restart()
-                    detail = "graceful restart"
-                else:
-                    broker.kill()
-                    broker.start()
-                    detail = "SIGKILL, then start"
+                detail = self.actions[name]()
                 end = time.time()
-                events.append({"event": name, "t": start - t0, "t_end": end - t0, "seconds": end - start,
-                               "at_sent": state["sent"], "at_done": state["done"], "detail": detail})
+                self.events.append({"event": name, "t": start - self.t0, "t_end": end - self.t0,
+                                    "seconds": end - start, "at_sent": self.sent, "at_done": self.done,
+                                    "detail": detail})
         except Exception as e:
-            state["error"] = e
+            self.error = e
 
-    threads_ = [threading.Thread(target=publish_loop, daemon=True, name="voicelab-uploads"),
-                threading.Thread(target=chaos_loop, daemon=True, name="voicelab-chaos")]
-    for th in threads_:
-        th.start()
+    # -- the chaos events: each does it and says what it did -------------------------------------------------
 
-    finished: set[str] = set()
-    dead_keys: set[str] = set()
-    tallies: Counter[str] = Counter()
-    handled: Counter[str] = Counter()
-    applied: Counter[str] = Counter()
-    samples: list[dict[str, Any]] = []
-    probe_conn: Any = None
-    progress_bar = bar(range(n), desc="chaos run", total=n) if progress else None
-    shown = 0
-    try:
+    def kill_worker(self) -> str:
+        """SIGKILL worker process 0 (the fleet replaces it)."""
+        return f"SIGKILL worker process {self.fleet.kill(0)}"
+
+    def force_close(self) -> str:
+        """Close every worker connection from the broker while the consumers hold a job before its ack."""
+        _wait_listed(self.mgmt, WORKER_PREFIX, self.processes * self.threads)
+        with self.fleet.holding() as held:
+            closed = self.mgmt.close_connections(WORKER_PREFIX, reason="voicelab chaos")
+            time.sleep(0.3)   # the close reaches the consumers before their acks go out
+        return f"{closed} worker connections closed by the broker, {held} holding a job"
+
+    def inject_poison(self) -> str:
+        """Publish :data:`POISON_BODIES`, ``poison_per_kind`` of each kind, confirmed."""
+        self.poison = _poison(self.broker, self.queue, self.poison_per_kind)
+        return f"{len(self.poison)} poison messages"
+
+    def restart_broker(self) -> str:
+        """A graceful broker restart (queues and persistent messages kept)."""
+        self.broker.restart()
+        return "graceful restart"
+
+    def crash_broker(self) -> str:
+        """``kill -9`` the broker, then start it (data kept on disk)."""
+        self.broker.kill()
+        self.broker.start()
+        return "SIGKILL, then start"
+
+    # -- watching the run ----------------------------------------------------------------------------------
+
+    def watch(self) -> None:
+        """Until every job is done, the chaos over and the poison dead-lettered (or an error, or ``timeout``):
+        replace dead workers, read their logs, sample, show progress; every ``every`` s."""
+        self._bar = bar(range(self.n), desc="chaos run", total=self.n) if self.progress else None
+        shown = 0
         while True:
-            for slot in fleet.supervise():
-                tallies["worker processes replaced"] += 1
-            for stamp, event, key in tail.read():
-                tallies[event] += 1
-                if event in ("applied", "duplicate"):
-                    finished.add(key)
-                    handled[key] += 1
-                    if event == "applied":
-                        applied[key] += 1
-                elif event == "dead-lettered":
-                    dead_keys.add(key)
-            state["done"] = len(finished)
-            depth = dlq = float("nan")
-            try:
-                if probe_conn is None or not probe_conn.is_open:
-                    probe_conn = broker.connect(connection_attempts=1, socket_timeout=0.5, stack_timeout=1)
-                ch = probe_conn.channel()
-                depth = ch.queue_declare(queue, passive=True).method.message_count
-                dlq = ch.queue_declare(dlq_name(queue), passive=True).method.message_count
-                ch.close()
-            except Exception:   # the broker is down or restarting: no figure this time
-                probe_conn = None
-            samples.append({"t": time.time() - t0, "done": state["done"], "confirmed": state["confirmed"],
-                            "ready": depth, "dlq": dlq, "dead-lettered": len(dead_keys),
-                            "connection errors": tallies["connection-error"],
-                            "connections": tallies["connected"],
-                            "workers lost": len(fleet.replaced),
-                            "workers replaced": tallies["worker processes replaced"]})
-            if progress_bar is not None:
-                progress_bar.update(state["done"] - shown)   # type: ignore[attr-defined]
-                shown = state["done"]
-            chaos_over = not threads_[1].is_alive()
-            poison_done = set(state["poison"]) <= dead_keys
-            if (state["done"] >= n and chaos_over and poison_done) or state["error"] is not None:
+            self.ledger.tallies["worker processes replaced"] += len(self.fleet.supervise())
+            self.ledger.read()
+            self.done = len(self.ledger.finished)
+            self._sample()
+            if self._bar is not None:
+                self._bar.update(self.done - shown)
+                shown = self.done
+            if self._finished() or time.time() - self.t0 > self.timeout:
                 break
-            if time.time() - t0 > timeout:
-                break
-            time.sleep(every)
-    finally:
-        stop.set()
-        for th in threads_:
+            time.sleep(self.every)
+
+    def _finished(self) -> bool:
+        """Every upload done, the chaos over, the poison dead-lettered; or a thread failed."""
+        chaos_over = not self._threads[1].is_alive()
+        poison_done = set(self.poison) <= self.ledger.dead_keys
+        return (self.done >= self.n and chaos_over and poison_done) or self.error is not None
+
+    def _depths(self) -> tuple[float, float]:
+        """The job queue's and the DLQ's ready messages (passive declare), or NaN while the broker is away."""
+        try:
+            if self._probe is None or not self._probe.is_open:
+                self._probe = self.broker.connect(connection_attempts=1, socket_timeout=0.5, stack_timeout=1)
+            ch = self._probe.channel()
+            depth = ch.queue_declare(self.queue, passive=True).method.message_count
+            dlq = ch.queue_declare(dlq_name(self.queue), passive=True).method.message_count
+            ch.close()
+            return depth, dlq
+        except Exception:   # the broker is down or restarting: no figure this time
+            self._probe = None
+            return float("nan"), float("nan")
+
+    def _sample(self) -> None:
+        """One row of :attr:`ChaosRun.samples`: progress, queue depths, failures and recoveries so far."""
+        depth, dlq = self._depths()
+        tallies = self.ledger.tallies
+        self.samples.append({"t": time.time() - self.t0, "done": self.done, "confirmed": self.confirmed,
+                             "ready": depth, "dlq": dlq, "dead-lettered": len(self.ledger.dead_keys),
+                             "connection errors": tallies["connection-error"], "connections": tallies["connected"],
+                             "workers lost": len(self.fleet.replaced),
+                             "workers replaced": tallies["worker processes replaced"]})
+
+    def stop(self) -> None:
+        """Stop the uploads and the chaos, then the fleet; close what the drill opened."""
+        self._stop.set()
+        for th in self._threads:
             th.join(120)
-        fleet.stop()
-        mgmt.close()
-        if progress_bar is not None:
-            progress_bar.close()   # type: ignore[attr-defined]
-        if probe_conn is not None and probe_conn.is_open:
-            probe_conn.close()
-    seconds = time.time() - t0
-    for stamp, event, key in tail.read():   # what the workers wrote while they stopped
-        if event in ("applied", "duplicate"):
-            handled[key] += 1
-            applied[key] += event == "applied"
-        elif event == "dead-lettered":
-            dead_keys.add(key)
+        self.fleet.stop()
+        self.mgmt.close()
+        if self._bar is not None:
+            self._bar.close()
+        if self._probe is not None and self._probe.is_open:
+            self._probe.close()
 
-    try:
-        connection = broker.connect()
-    except Exception as e:
-        raise RuntimeError(f"the broker is unreachable after the chaos run ({type(e).__name__}); what went wrong "
-                           f"during the run: {state['error']!r}") from state["error"] or e
-    with connection:
-        channel = connection.channel()
-        left = int(channel.queue_declare(queue, passive=True).method.message_count)
-        letters = list_dead_letters(channel, queue, limit=10 ** 6)
-    reasons: dict[str, str] = {}
-    dead_twice: Counter[str] = Counter()
-    for d in letters:
-        reasons.setdefault(d.job, d.reason)
-        dead_twice[d.job] += 1
-    rows = []
-    for job in uploaded:
-        status = service.status(job.job_id)
-        expected = {"job_id": job.job_id, "user_id": job.user_id, **features[job.blob_key]}
-        outcome = "done" if status["status"] == "done" else "dead-lettered" if job.job_id in reasons else "lost"
-        rows.append({"job": job.job_id, "kind": "upload", "outcome": outcome, "handled": handled[job.job_id],
-                     "applied": applied[job.job_id], "right": status.get("result") == expected if outcome == "done"
-                     else None, "reason": reasons.get(job.job_id, "")})
-    for key, kind in state["poison"].items():
-        rows.append({"job": key, "kind": f"poison: {kind}", "outcome": "dead-lettered" if key in reasons else "lost",
-                     "handled": 0, "applied": 0, "right": None, "reason": reasons.get(key, "")})
-    jobs = pd.DataFrame(rows, columns=["job", "kind", "outcome", "handled", "applied", "right", "reason"])
-    up = jobs[jobs["kind"] == "upload"]
-    poison = jobs[jobs["kind"] != "upload"]
-    counts = {
-        "uploads": n,
-        "uploads confirmed": int(state["confirmed"]),
-        "never uploaded": n - len(uploaded),
-        "done": int((up["outcome"] == "done").sum()),
-        "done, applied once": int(((up["outcome"] == "done") & (up["applied"] <= 1)).sum()),
-        "handled twice or more, applied once": int(((up["outcome"] == "done") & (up["handled"] >= 2)
-                                                    & (up["applied"] <= 1)).sum()),
-        "applied twice": int((up["applied"] >= 2).sum()),
-        "wrong results": int((up["right"] == False).sum()),  # noqa: E712
-        "uploads dead-lettered": int((up["outcome"] == "dead-lettered").sum()),
-        "poison sent": len(poison),
-        "poison in DLQ with reason": int(((poison["outcome"] == "dead-lettered") & (poison["reason"] != "")).sum()),
-        "dead-lettered twice": sum(1 for c in dead_twice.values() if c > 1),
-        "lost": int((jobs["outcome"] == "lost").sum()) + (n - len(uploaded)),
-        "left in queue": left,
-    }
-    if state["error"] is not None and counts["lost"]:
-        counts["error"] = f"{type(state['error']).__name__}: {state['error']}"   # type: ignore[assignment]
-    publisher = {k: int(state[k]) for k in ("sent", "confirmed", "republished", "publisher reconnects")}
-    return ChaosRun(samples=pd.DataFrame(samples), events=pd.DataFrame(events, columns=[
-        "event", "t", "t_end", "seconds", "at_sent", "at_done", "detail"]), jobs=jobs, counts=counts, seconds=seconds,
-        publisher=publisher)
+    # -- the accounting ------------------------------------------------------------------------------------
+
+    def account(self, seconds: float) -> ChaosRun:
+        """Every job and poison message, one row each, and the counts; what the broker holds is read last."""
+        left, letters = self._read_queues()
+        reasons: dict[str, str] = {}
+        dead_letters: Counter[str] = Counter()
+        for d in letters:
+            reasons.setdefault(d.job, d.reason)
+            dead_letters[d.job] += 1
+        jobs = job_table(self.uploaded, self.service.status, self._expected, self.poison, reasons, self.ledger)
+        counts = job_counts(jobs, uploads=self.n, confirmed=self.confirmed, left=left, dead_letters=dead_letters)
+        if self.error is not None and counts["lost"]:
+            counts["error"] = f"{type(self.error).__name__}: {self.error}"   # type: ignore[assignment]
+        publisher = {"sent": self.sent, "confirmed": self.confirmed, "republished": self.republished,
+                     "publisher reconnects": self.publisher_reconnects}
+        return ChaosRun(samples=pd.DataFrame(self.samples), events=pd.DataFrame(self.events, columns=EVENT_COLUMNS),
+                        jobs=jobs, counts=counts, seconds=seconds, publisher=publisher)
+
+    def _expected(self, job: VoiceJob) -> dict[str, Any]:
+        """The result of ``job`` computed without any queue (its recording's features, with its ids)."""
+        return {"job_id": job.job_id, "user_id": job.user_id, **self.features[job.blob_key]}
+
+    def _read_queues(self) -> tuple[int, list[Any]]:
+        """Messages left in the job queue, and the dead letters (each with its reason)."""
+        try:
+            connection = self.broker.connect()
+        except Exception as e:
+            raise RuntimeError(f"the broker is unreachable after the chaos run ({type(e).__name__}); what went wrong "
+                               f"during the run: {self.error!r}") from self.error or e
+        with connection:
+            channel = connection.channel()
+            left = int(channel.queue_declare(self.queue, passive=True).method.message_count)
+            return left, list_dead_letters(channel, self.queue, limit=10 ** 6)
 
 
-def plot_dashboard(run: ChaosRun, caption: str = "") -> "plt.Figure":
-    """Throughput, queue depth, failures and recoveries against time; chaos events as vertical lines,
-    broker outages shaded."""
+def run_chaos(broker: Broker, blobs: BlobStore, n: int = 2000, **options: Any) -> ChaosRun:
+    """Run a :class:`ChaosDrill` of ``n`` uploads (``options``: its keyword arguments) and return what it did.
 
+    Example::
 
-    s = run.samples
-    k = max(1, round(1.0 / float(s["t"].diff().median())))   # rates over about one second
-    dt = s["t"] - s["t"].shift(k)
-    legend = "; ".join(f"{i + 1}: {ev['event']}" for i, ev in run.events.iterrows())
-    fig, axes = plt.subplots(3, 1, figsize=(9, 8.2), sharex=True)
-    ax = axes[0]
-    ax.plot(s["t"], (s["done"] - s["done"].shift(k)) / dt, color="tab:blue", label="jobs done (results stored) /s")
-    ax.plot(s["t"], (s["confirmed"] - s["confirmed"].shift(k)) / dt, color="tab:gray", alpha=0.7,
-            label="uploads confirmed /s")
-    ax.set_ylabel("jobs/s (over 1 s)")
-    ax.set_title(f"{run.counts['uploads']} uploads through chaos: done {run.counts['done']}, "
-                 f"poison in DLQ {run.counts['poison in DLQ with reason']}, lost {run.counts['lost']}\n"
-                 f"chaos: {legend}", fontsize=9)
-    ax = axes[1]
-    ax.plot(s["t"], s["ready"], color="tab:orange", label="job queue: ready")
-    ax.plot(s["t"], s["dlq"], color="crimson", label="DLQ: ready")
-    ax.set_ylabel("messages")
-    ax = axes[2]
-    ax.step(s["t"], s["connection errors"], where="post", color="crimson", label="connection errors (workers)")
-    ax.step(s["t"], s["connections"], where="post", color="tab:green", label="connections made (workers)")
-    ax.step(s["t"], s["workers lost"], where="post", color="black", linewidth=2, label="worker processes lost")
-    ax.step(s["t"], s["workers replaced"], where="post", color="tab:olive", linestyle="--", linewidth=2,
-            label="worker processes replaced")
-    ax.set_ylabel("count (cumulative)")
-    ax.set_xlabel("time since the fleet started (s); broker down: shaded; queue depth: a gap when it could not be read")
-    for i, ev in run.events.iterrows():
-        for a in axes:
-            a.axvline(ev["t"], color="0.3", linestyle="--", linewidth=0.9)
-            if ev["event"] in ("restart the broker", "kill -9 the broker, start it"):
-                a.axvspan(ev["t"], ev["t_end"], color="0.85", zorder=0)
-        axes[0].annotate(f"{i + 1}", (ev["t"], 1.0), xycoords=("data", "axes fraction"), xytext=(2, -10),
-                         textcoords="offset points", fontsize=8, color="0.2")
-    for a in axes:
-        a.grid(alpha=0.3)
-        a.legend(fontsize=7.5, loc="upper right")
-    add_caption(fig, caption)
-    return fig
-
-
+        run = run_chaos(broker, blobs, n=600, queue="test.chaos", poison_per_kind=2, progress=False)
+        run.counts["lost"], list(run.events["event"])   # (0, ['kill a worker process', ...])
+    """
+    return ChaosDrill(broker, blobs, n, **options).run()

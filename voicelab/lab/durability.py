@@ -6,10 +6,9 @@ Experiments of notebook 05, each a function that returns numbers counted on the 
   x message (persistent, transient) x graceful ``restart()`` or ``kill()`` + ``start()``.
 - :func:`publish_through_kill`: the broker is killed in the middle of a publishing run,
   with or without publisher confirms; what the publisher believed against what is there.
-- :func:`mandatory_demo`: an unroutable message, confirmed and dropped without
-  ``mandatory``, returned with it.
+- :func:`mandatory_demo`: an unroutable message, confirmed and dropped without ``mandatory``, returned with it.
 - :func:`publish_cost`: messages/s of one publishing strategy on one queue type.
-- :func:`declare_outcome`, :func:`delivery_counts`: what this broker version does.
+- :func:`delivery_counts`: what this broker version does (:mod:`voicelab.lab.deprecations` has the rest).
 
 Example::
 
@@ -32,13 +31,8 @@ import pika
 import pika.exceptions
 
 from ..broker import Broker
-from ..publishing import (
-    BrokerGone,
-    ReliablePublisher,
-    publish_confirmed,
-    publish_unconfirmed,
-)
-from ..queues import drain, settled
+from ..publishing import BrokerGone, ReliablePublisher, publish_confirmed, publish_unconfirmed
+from ..queues import drain, reset_queue, settled
 from .measure import add_caption
 
 QUEUE_KINDS: dict[str, dict[str, Any]] = {
@@ -52,48 +46,19 @@ MESSAGE_MODES = {"persistent": pika.DeliveryMode.Persistent, "transient": pika.D
 EVENTS = ("restart", "kill")
 STRATEGIES = ("no confirms", "confirm each", "batches of 100", "async window 256")
 
-
 METADATA_FLUSH_S = 2.5
 """Seconds between declaring a queue and a ``kill -9`` demo.
 
 Seen on RabbitMQ 4.0.5 under load (four test workers on two cores): after ``kill -9`` and ``start()``,
-publishes to a durable queue declared moments before the kill came back unroutable, three times in a
-row, and the publishing run failed. The cause is not identified: it is not Mnesia's write cache
-(RabbitMQ syncs Mnesia's log before a declare returns, ``mnesia_sync``), so it may be the queue still
-recovering when the publisher reconnects. Since the demos wait this long after declaring, it has not
-been seen again; the wait costs a few seconds and keeps the count about messages, not about that.
+publishes to a durable queue declared moments before the kill came back unroutable, three times in a row.
+Not Mnesia's write cache (RabbitMQ syncs its log before a declare returns, ``mnesia_sync``): perhaps the
+queue still recovering when the publisher reconnects. Not seen since the demos wait this long after declaring.
 """
 
 
 def wait_metadata_flush(declared_at: float) -> None:
     """Sleep until :data:`METADATA_FLUSH_S` seconds after ``declared_at`` (``time.monotonic()``)."""
     time.sleep(max(0.0, declared_at + METADATA_FLUSH_S - time.monotonic()))
-
-
-def _check_kind(kind: str) -> dict[str, Any]:
-    if kind not in QUEUE_KINDS:
-        raise ValueError(f"kind must be one of {list(QUEUE_KINDS)}, got {kind!r}")
-    return QUEUE_KINDS[kind]
-
-
-def declare_outcome(broker: Broker, queue: str, **declare: Any) -> str:
-    """Try ``queue_declare(queue, **declare)`` on a fresh channel: ``"accepted"`` or ``"refused: <reason>"``.
-
-    The queue is deleted again when it was accepted.
-
-    Example::
-
-        declare_outcome(broker, "t", durable=False)      # transient non-exclusive: version-dependent
-        declare_outcome(broker, "q", durable=False, arguments={"x-queue-type": "quorum"})  # refused
-    """
-    with broker.connect() as connection:
-        channel = connection.channel()
-        try:
-            channel.queue_declare(queue, **declare)
-        except (pika.exceptions.ChannelClosedByBroker, pika.exceptions.ConnectionClosedByBroker) as e:
-            return f"refused: {e.args[0]} {e.args[1]}"
-        channel.queue_delete(queue)
-        return "accepted"
 
 
 def _count(broker: Broker, queue: str, quiet: float = 1.5, timeout: float = 20.0) -> int | None:
@@ -115,6 +80,10 @@ def _count(broker: Broker, queue: str, quiet: float = 1.5, timeout: float = 20.0
         return settled(read, quiet=quiet, timeout=timeout, every=0.25)
 
 
+def _matrix_queue(prefix: str, kind: str, mode: str) -> str:
+    return f"{prefix}.{kind.replace(' ', '-')}.{mode}"
+
+
 def _fill_matrix(broker: Broker, n: int, prefix: str) -> dict[tuple[str, str], str]:
     """Declare the six queues afresh and put ``n`` confirmed messages in each; name -> 'refused' if refused.
 
@@ -123,12 +92,11 @@ def _fill_matrix(broker: Broker, n: int, prefix: str) -> dict[tuple[str, str], s
     """
     status = {}
     for kind, mode in itertools.product(QUEUE_KINDS, MESSAGE_MODES):
-        queue = f"{prefix}.{kind.replace(' ', '-')}.{mode}"
         with broker.connect() as connection:
             channel = connection.channel()
-            channel.queue_delete(queue)
+            channel.queue_delete(_matrix_queue(prefix, kind, mode))
             try:
-                channel.queue_declare(queue, **QUEUE_KINDS[kind])
+                channel.queue_declare(_matrix_queue(prefix, kind, mode), **QUEUE_KINDS[kind])
                 status[(kind, mode)] = "declared"
             except (pika.exceptions.ChannelClosedByBroker, pika.exceptions.ConnectionClosedByBroker) as e:
                 status[(kind, mode)] = f"refused: {e.args[1]}"
@@ -136,9 +104,9 @@ def _fill_matrix(broker: Broker, n: int, prefix: str) -> dict[tuple[str, str], s
     for (kind, mode), state in status.items():
         if state != "declared":
             continue
-        props = pika.BasicProperties(delivery_mode=MESSAGE_MODES[mode])
         report = ReliablePublisher(broker.parameters(), window=500).publish(
-            f"{prefix}.{kind.replace(' ', '-')}.{mode}", (b"x" * 100 for _ in range(n)), properties=props)
+            _matrix_queue(prefix, kind, mode), (b"x" * 100 for _ in range(n)),
+            properties=pika.BasicProperties(delivery_mode=MESSAGE_MODES[mode]))
         status[(kind, mode)] = "filled" if len(report.confirmed) == n else "short"
     return status
 
@@ -164,16 +132,16 @@ def survival_matrix(broker: Broker, n: int = 100, prefix: str = "durability") ->
             broker.kill()   # at once: what the confirms promised, not what a few more seconds would have written
             broker.start()
         for (kind, mode), declared in status.items():
-            queue = f"{prefix}.{event}.{kind.replace(' ', '-')}.{mode}"
             quiet = 1.5 if kind == "quorum" else 0.0   # a classic queue is recovered before the broker listens
-            left = _count(broker, queue, quiet=quiet) if declared == "filled" else None
+            left = _count(broker, _matrix_queue(f"{prefix}.{event}", kind, mode), quiet=quiet) \
+                if declared == "filled" else None
             rows.append({"event": event, "queue": kind, "message": mode,
                          "published": n if declared == "filled" else 0,
                          "survived": left or 0, "queue_kept": left is not None, "declare": declared})
     with broker.connect() as connection:
         channel = connection.channel()
         for event, kind, mode in itertools.product(EVENTS, QUEUE_KINDS, MESSAGE_MODES):
-            channel.queue_delete(f"{prefix}.{event}.{kind.replace(' ', '-')}.{mode}")
+            channel.queue_delete(_matrix_queue(f"{prefix}.{event}", kind, mode))
     return pd.DataFrame(rows)
 
 
@@ -192,50 +160,46 @@ def plot_matrix(matrix: pd.DataFrame, caption: str = "") -> plt.Figure:
     return fig
 
 
-# ---------------------------------------------------------------------------
-# Killing the broker while a publisher runs
-# ---------------------------------------------------------------------------
-
-def _drain_bodies(broker: Broker, queue: str) -> list[int]:
-    with broker.connect() as connection:
-        return [int(m.body) for m in drain(connection.channel(), queue)]
-
+# --- Killing the broker while a publisher runs ------------------------------------------------------------
 
 def _reset(broker: Broker, queue: str, kind: str) -> float:
-    """Delete and declare ``queue``; return when it was declared (``time.monotonic()``)."""
+    """Delete and declare ``queue`` of ``kind`` (see :data:`QUEUE_KINDS`); return when (``time.monotonic()``)."""
+    if kind not in QUEUE_KINDS:
+        raise ValueError(f"kind must be one of {list(QUEUE_KINDS)}, got {kind!r}")
     with broker.connect() as connection:
         channel = connection.channel()
         channel.queue_delete(queue)
-        channel.queue_declare(queue, **_check_kind(kind))
+        channel.queue_declare(queue, **QUEUE_KINDS[kind])
     return time.monotonic()
 
 
-def _killer(broker: Broker, progress: Callable[[], int], kill_after: int, down: float,
-            log: dict[str, float]) -> threading.Thread:
-    """A thread that kills the broker once ``progress() >= kill_after``, waits ``down`` s, starts it again."""
-    def run() -> None:
+class _Killer(threading.Thread):
+    """Kills the broker once ``progress() >= kill_after``, waits ``down`` s and starts it again."""
+
+    def __init__(self, broker: Broker, progress: Callable[[], int], kill_after: int, down: float) -> None:
+        super().__init__(daemon=True)
+        self.broker, self.progress, self.kill_after, self.down = broker, progress, kill_after, down
+        self.killed_at = -1
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
         t0 = time.monotonic()
-        while progress() < kill_after and time.monotonic() - t0 < 60:
+        while self.progress() < self.kill_after and time.monotonic() - t0 < 60:
             time.sleep(0.001)
-        log["killed_at"] = progress()
+        self.killed_at = self.progress()
         try:
-            broker.kill()
-            time.sleep(down)
-            broker.start()
-        except BaseException as e:  # reported by _join_killer, never swallowed
-            log["error"] = e  # type: ignore[assignment]
-        log["down_s"] = time.monotonic() - t0
+            self.broker.kill()
+            time.sleep(self.down)
+            self.broker.start()
+        except BaseException as e:  # raised by finish(), never swallowed
+            self.error = e
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
-def _join_killer(thread: threading.Thread, log: dict[str, Any]) -> None:
-    """Wait for the killer; raise what went wrong in it (a broker that did not come back)."""
-    thread.join()
-    if "error" in log:
-        raise RuntimeError(f"the broker was killed but did not start again: {log['error']!r}") from log["error"]
+    def finish(self) -> None:
+        """Wait for the kill and the start; raise what went wrong (a broker that did not come back)."""
+        self.join()
+        if self.error is not None:
+            raise RuntimeError(f"the broker was killed but did not start again: {self.error!r}") from self.error
 
 
 def publish_through_kill(broker: Broker, n: int, *, confirms: bool, kill_after: int | None = None,
@@ -259,55 +223,64 @@ def publish_through_kill(broker: Broker, n: int, *, confirms: bool, kill_after: 
     if not 0 < kill_after < n:
         raise ValueError(f"kill_after must be between 1 and n-1={n - 1}, got {kill_after}")
     wait_metadata_flush(_reset(broker, queue, kind))  # the queue itself survives the kill: see METADATA_FLUSH_S
-    props = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
-    log: dict[str, float] = {}
-    out: dict[str, Any] = {"confirms": confirms, "sent": n}
     if confirms:
-        publisher = ReliablePublisher(broker.parameters(), window=window, deadline=120)
-        thread = _killer(broker, lambda: len(getattr(publisher, "report", None).confirmed)  # type: ignore[union-attr]
-                         if getattr(publisher, "report", None) else 0, kill_after, down, log)
-        try:
-            report = publisher.publish(queue, (str(i).encode() for i in range(n)), properties=props)
-        except BrokerGone:
-            _join_killer(thread, log)  # the broker's own failure, if it did not come back, explains this one
-            raise
-        _join_killer(thread, log)
-        believed = set(report.confirmed)
-        out.update(republished=report.republished, reconnects=report.reconnects)
+        believed, out = _publish_confirmed_through_kill(broker, queue, n, kill_after, down, window)
     else:
-        believed, state = set(), {"i": 0}
-        thread = _killer(broker, lambda: state["i"], kill_after, down, log)
-        failed = 0
-        deadline = time.monotonic() + 120
-        connection = broker.connect()
-        channel = connection.channel()
-        for i in range(n):
-            state["i"] = i
-            try:
-                publish_unconfirmed(channel, queue, [str(i).encode()], properties=props)
-                believed.add(i)
-            except (pika.exceptions.AMQPError, OSError):
-                failed += 1
-                while time.monotonic() < deadline:   # reconnect, as any production publisher would
-                    try:
-                        connection = broker.connect(connection_attempts=1)
-                        channel = connection.channel()
-                        break
-                    except (pika.exceptions.AMQPError, OSError):
-                        time.sleep(0.2)
-        _join_killer(thread, log)
-        channel.queue_declare(queue, passive=True)   # answered after every publish before it
-        connection.close()
-        out.update(failed_publishes=failed, republished=0, reconnects=None)
-    bodies = _drain_bodies(broker, queue)
+        believed, out = _publish_unconfirmed_through_kill(broker, queue, n, kill_after, down)
     with broker.connect() as connection:
+        bodies = [int(m.body) for m in drain(connection.channel(), queue)]
         connection.channel().queue_delete(queue)
     present = set(bodies)
-    out.update(killed_at=int(log.get("killed_at", -1)), believed_sent=len(believed), present=len(present),
-               lost=len(believed - present), duplicates=len(bodies) - len(present),
-               unconfirmed_known=n - len(believed) if confirms else None,
-               unknown_fate=None if confirms else len(believed - present))
-    return out
+    return {"confirms": confirms, "sent": n, **out, "believed_sent": len(believed), "present": len(present),
+            "lost": len(believed - present), "duplicates": len(bodies) - len(present),
+            "unconfirmed_known": n - len(believed) if confirms else None,
+            "unknown_fate": None if confirms else len(believed - present)}
+
+
+def _publish_confirmed_through_kill(broker: Broker, queue: str, n: int, kill_after: int, down: float,
+                                    window: int) -> tuple[set[int], dict[str, Any]]:
+    """:func:`publish_through_kill` with a :class:`ReliablePublisher`: the messages it had confirmed, its counts."""
+    publisher = ReliablePublisher(broker.parameters(), window=window, deadline=120)
+    killer = _Killer(broker, lambda: len(publisher.report.confirmed) if getattr(publisher, "report", None) else 0,
+                     kill_after, down)
+    try:
+        report = publisher.publish(queue, (str(i).encode() for i in range(n)),
+                                   properties=pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent))
+    except BrokerGone:
+        killer.finish()  # the broker's own failure, if it did not come back, explains this one
+        raise
+    killer.finish()
+    return set(report.confirmed), {"republished": report.republished, "reconnects": report.reconnects,
+                                   "killed_at": killer.killed_at}
+
+
+def _publish_unconfirmed_through_kill(broker: Broker, queue: str, n: int, kill_after: int,
+                                      down: float) -> tuple[set[int], dict[str, Any]]:
+    """:func:`publish_through_kill` on a plain channel, reconnecting after a failure: what went out, what failed."""
+    believed, sending, failed = set(), [0], 0
+    props = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
+    killer = _Killer(broker, lambda: sending[0], kill_after, down)
+    deadline = time.monotonic() + 120
+    connection = broker.connect()
+    channel = connection.channel()
+    for i in range(n):
+        sending[0] = i
+        try:
+            publish_unconfirmed(channel, queue, [str(i).encode()], properties=props)
+            believed.add(i)
+        except (pika.exceptions.AMQPError, OSError):
+            failed += 1
+            while time.monotonic() < deadline:   # reconnect, as any production publisher would
+                try:
+                    connection = broker.connect(connection_attempts=1)
+                    channel = connection.channel()
+                    break
+                except (pika.exceptions.AMQPError, OSError):
+                    time.sleep(0.2)
+    killer.finish()
+    channel.queue_declare(queue, passive=True)   # answered after every publish before it
+    connection.close()
+    return believed, {"failed_publishes": failed, "republished": 0, "reconnects": None, "killed_at": killer.killed_at}
 
 
 def plot_kill(runs: pd.DataFrame, caption: str = "") -> plt.Figure:
@@ -319,8 +292,7 @@ def plot_kill(runs: pd.DataFrame, caption: str = "") -> plt.Figure:
     table.set_index("run")[cols].plot.bar(ax=ax, rot=0, logy=False)
     ax.set_ylabel("messages")
     ax.set_xlabel("")
-    ax.set_title(f"Killing the broker while publishing {int(runs['sent'].iloc[0])} persistent messages",
-                 fontsize=10)
+    ax.set_title(f"Killing the broker while publishing {int(runs['sent'].iloc[0])} persistent messages", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     add_caption(fig, caption)
     return fig
@@ -349,8 +321,7 @@ def delivery_counts(broker: Broker, requeues: int = 2, queue: str = "quorum_coun
     """
     with broker.connect() as connection:
         channel = connection.channel()
-        channel.queue_delete(queue)
-        channel.queue_declare(queue, **QUEUE_KINDS["quorum"])
+        reset_queue(channel, queue, arguments={"x-queue-type": "quorum"})
         publish_confirmed(channel, queue, b"job")
         seen = []
         for i in range(requeues + 1):
@@ -365,16 +336,13 @@ def delivery_counts(broker: Broker, requeues: int = 2, queue: str = "quorum_coun
     return seen
 
 
-# ---------------------------------------------------------------------------
-# Costs
-# ---------------------------------------------------------------------------
+# --- Costs ---------------------------------------------------------------------------------------------------
 
 def time_publishes(broker: Broker, queue: str, n: int, strategy: str, *, persistent: bool = True,
                    size: int = 100) -> float:
     """Seconds to publish ``n`` messages of ``size`` bytes to the existing ``queue`` with ``strategy``
     (one of :data:`STRATEGIES`); connection set-up is never timed. The queue is left as it is."""
-    props = pika.BasicProperties(
-        delivery_mode=pika.DeliveryMode.Persistent if persistent else pika.DeliveryMode.Transient)
+    props = pika.BasicProperties(delivery_mode=MESSAGE_MODES["persistent" if persistent else "transient"])
     body = b"x" * size
     if strategy in ("no confirms", "confirm each"):
         with broker.connect() as connection:

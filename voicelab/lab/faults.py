@@ -25,7 +25,7 @@ import pika.exceptions
 
 from ..jobs import VoiceJob
 from ..management import Management
-from ..queues import confirm_mode, job_properties
+from ..queues import publish_bodies, queue_counts, reset_queue
 from ..reconnect import CONNECTION_ERRORS, ReconnectingConsumer, ResultStore
 from .measure import add_caption
 
@@ -48,89 +48,107 @@ def run_through_faults(broker: Any, n: int = 200, faults: tuple[str, ...] = ("cl
     if unknown:
         raise ValueError(f"faults must be 'close' or 'restart', got {unknown!r}")
     if "restart" in faults and not broker.can_control:
-        raise ValueError("faults=('restart',) needs a broker voicelab started (own_broker()), not a VOICELAB_AMQP_URL one")
+        raise ValueError("faults=('restart',) needs a broker voicelab started (own_broker()), "
+                         "not a VOICELAB_AMQP_URL one")
     jobs = [VoiceJob.new(f"audio/{i}.wav", user_id=i) for i in range(n)]
     with broker.connect() as connection:
-        channel = connection.channel()
-        channel.queue_delete(queue)
-        channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
+        reset_queue(connection.channel(), queue, arguments={"x-queue-type": "quorum"})
     store = ResultStore()
     mgmt = Management(broker)
     name = f"voicelab-survive-{random.Random(seed).randrange(10**6)}"
-    at = {round(n * (k + 1) / (len(faults) + 1)): fault for k, fault in enumerate(faults)}
-    log: list[dict[str, Any]] = []
-    timeline: list[tuple[float, int]] = []
-    started = [0]
-    restarts: list[threading.Thread] = []
+    injector = _FaultInjector(broker, mgmt, name, store, {round(n * (k + 1) / (len(faults) + 1)): fault
+                                                          for k, fault in enumerate(faults)})
 
     def work(job: VoiceJob) -> dict[str, Any]:
         time.sleep(job_seconds)
         return {"job_id": job.job_id, "user_id": job.user_id}
 
-    def before_ack(job: VoiceJob) -> None:
-        started[0] += 1
-        timeline.append((round(time.monotonic() - consumer._t0, 3), store.applied))
-        fault = at.pop(started[0], None)
-        if fault is None:
-            return
-        # the fault hits while this job is in flight: its result is applied, its ack will be lost
-        if fault == "close":
-            mgmt.close_connections(name, reason="voicelab fault injection")
-            log.append({"t": round(time.monotonic() - consumer._t0, 3), "fault": fault, "job": job.job_id})
-            time.sleep(0.5)   # the connection dies before this job's ack goes out
-            return
-        log.append({"t": round(time.monotonic() - consumer._t0, 3), "fault": fault, "job": job.job_id})
-        restarts.append(threading.Thread(target=broker.restart, daemon=True))
-        restarts[-1].start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:   # hold this job until the broker is down: its ack is lost with it
-            try:
-                pika.BlockingConnection(broker.parameters(connection_attempts=1, socket_timeout=0.5,
-                                                          stack_timeout=1)).close()
-            except CONNECTION_ERRORS:
-                break
-            time.sleep(0.1)
-
     consumer = ReconnectingConsumer(broker.parameters(), queue, work, store, name=name, seed=seed,
-                                    deadline=timeout, before_ack=before_ack)
-    consumer.start()
+                                    deadline=timeout, before_ack=injector.before_ack)
+    injector.consumer = consumer.start()
     t0 = time.monotonic()
     try:
-        # the management API lists a new connection only after a stats interval: wait for it before the jobs go
-        # out, so that a "close" fault hits at once rather than seconds later
-        while consumer.error is None and time.monotonic() - t0 < 30 and not [
-                c for c in mgmt.get("connections")
-                if (c.get("client_properties") or {}).get("connection_name") == name]:
-            time.sleep(0.1)
+        _wait_listed(mgmt, name, consumer)
         with broker.connect() as connection:
-            channel = connection.channel()
-            confirm_mode(channel)
-            for job in jobs:
-                channel.basic_publish("", queue, job.to_json(), job_properties(message_id=job.job_id), mandatory=True)
+            publish_bodies(connection.channel(), queue, jobs)   # confirmed, persistent, message_id = job id
         while store.applied < n and time.monotonic() - t0 < timeout and consumer.error is None:
             time.sleep(0.05)
         time.sleep(0.3)   # let the last acks go out
     finally:
         consumer.stop()
         mgmt.close()
-        for thread in restarts:
-            thread.join(90)   # the broker is up again before anything is counted
+        injector.wait_restarts()   # the broker is up again before anything is counted
     with broker.connect() as connection:
         channel = connection.channel()
-        left = int(channel.queue_declare(queue, passive=True).method.message_count)
+        left = queue_counts(channel, queue)
         channel.queue_delete(queue)
     if consumer.error is not None:
         raise consumer.error
     return {**store.counts(j.job_id for j in jobs), "left in queue": left, "seconds": round(time.monotonic() - t0, 2),
-            "connections": consumer.connections, "reconnects": consumer.reconnects, "faults": log,
-            "timeline": timeline}
+            "connections": consumer.connections, "reconnects": consumer.reconnects, "faults": injector.log,
+            "timeline": injector.timeline}
+
+
+def _wait_listed(mgmt: Management, name: str, consumer: ReconnectingConsumer, timeout: float = 30.0) -> None:
+    """Wait until the management API lists the connection ``name`` (it lists a new one only after a stats
+    interval), so that a ``"close"`` fault hits at once rather than seconds later."""
+    deadline = time.monotonic() + timeout
+    while consumer.error is None and time.monotonic() < deadline and not [
+            c for c in mgmt.get("connections")
+            if (c.get("client_properties") or {}).get("connection_name") == name]:
+        time.sleep(0.1)
+
+
+class _FaultInjector:
+    """The ``before_ack`` of :func:`run_through_faults`: records progress, and at the jobs numbered in ``at``
+    injects that fault while the job is in flight (its result applied, its ack not yet sent)."""
+
+    def __init__(self, broker: Any, mgmt: Management, name: str, store: ResultStore, at: dict[int, str]) -> None:
+        self.broker, self.mgmt, self.name, self.store, self.at = broker, mgmt, name, store, at
+        self.consumer: ReconnectingConsumer | None = None
+        self.started = 0
+        self.log: list[dict[str, Any]] = []
+        self.timeline: list[tuple[float, int]] = []
+        self.restarts: list[threading.Thread] = []
+
+    def _now(self) -> float:
+        return round(time.monotonic() - (self.consumer.started_at if self.consumer else 0.0), 3)
+
+    def before_ack(self, job: VoiceJob) -> None:
+        self.started += 1
+        self.timeline.append((self._now(), self.store.applied))
+        fault = self.at.pop(self.started, None)
+        if fault is None:
+            return
+        if fault == "close":
+            self.mgmt.close_connections(self.name, reason="voicelab fault injection")
+            self.log.append({"t": self._now(), "fault": fault, "job": job.job_id})
+            time.sleep(0.5)   # the connection dies before this job's ack goes out
+            return
+        self.log.append({"t": self._now(), "fault": fault, "job": job.job_id})
+        self.restarts.append(threading.Thread(target=self.broker.restart, daemon=True))
+        self.restarts[-1].start()
+        self._hold_until_down()
+
+    def _hold_until_down(self, timeout: float = 30.0) -> None:
+        """Hold this job until the broker is down: its ack is lost with it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                pika.BlockingConnection(self.broker.parameters(connection_attempts=1, socket_timeout=0.5,
+                                                               stack_timeout=1)).close()
+            except CONNECTION_ERRORS:
+                break
+            time.sleep(0.1)
+
+    def wait_restarts(self) -> None:
+        for thread in self.restarts:
+            thread.join(90)
 
 
 def plot_faults(report: dict[str, Any], caption: str = "") -> Any:
     """Jobs applied against time through the faults of :func:`run_through_faults`; faults as vertical lines,
     reconnect attempts as ticks at the bottom."""
-
-
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     t = [p[0] for p in report["timeline"]]
     ax.step(t, [p[1] for p in report["timeline"]], where="post", color="tab:blue", label="results applied")

@@ -234,8 +234,6 @@ def plot_fleet(runs: "pd.DataFrame", caption: str = "", cores: int | None = None
     ``runs`` is a :func:`voicelab.lab.measure.sweep` of :func:`run_fleet` over ``kind``, ``model``
     (``"processes"`` or ``"threads"``) and ``level``; a dotted line marks the machine's ``cores``.
     """
-
-
     cores = cores or usable_cores()
     kinds = list(dict.fromkeys(runs["kind"]))
     levels = sorted(runs["level"].unique())

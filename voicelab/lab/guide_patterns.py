@@ -34,7 +34,7 @@ from typing import Any, Callable
 import pika
 
 from ..broker import Broker, free_port
-from ..queues import dlq_name, refill, wait_for_consumers, wait_stable
+from ..queues import delete_job_queue, dlq_name, refill, wait_for_consumers, wait_stable
 
 
 class ConcurrentProcessor:
@@ -247,8 +247,7 @@ def run_guide_retry_counter(broker: Broker, queue: str = "guide_retry", redelive
             connection.process_data_events(time_limit=0.05)
         worker.close()   # the last delivery goes back to the queue
         left = wait_stable(channel, queue, dlq_name(queue))
-        channel.queue_delete(queue)
-        channel.queue_delete(dlq_name(queue))
+        delete_job_queue(channel, queue)
     return {"x-retry-count seen": seen, "deliveries": len(seen), "in DLQ": left[dlq_name(queue)],
             "still in queue": left[queue]}
 
@@ -299,8 +298,6 @@ def run_guide_robust_consumer(host: str = "127.0.0.1", port: int | None = None) 
         # {'raised': 'UnboundLocalError', 'is a NameError': True, 'connect attempts': 1,
         #  'real error (never shown)': 'AMQPConnectionError: ...', ...}
     """
-
-
     params = pika.ConnectionParameters(host=host, port=port or free_port(), connection_attempts=1, socket_timeout=1)
     out = io.StringIO()
     t0 = time.monotonic()

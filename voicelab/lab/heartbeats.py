@@ -29,7 +29,7 @@ import functools
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, get_args
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -120,44 +120,15 @@ def long_job(broker: Broker, queue: str, job_seconds: float, heartbeat: int,
     """
     if heartbeat < 1 or job_seconds <= 0:
         raise ValueError(f"heartbeat must be >= 1 s and job_seconds > 0, got {heartbeat}, {job_seconds}")
+    if style not in get_args(Style):
+        raise ValueError(f"style must be one of {get_args(Style)}, not {style!r}")
     with broker.connect() as connection:
         refill(connection.channel(), queue, [b"long job"])
-    error = ""
-    acked = False
-    cut: dict[str, float] = {}
     t0 = time.monotonic()
-    if style in ("blocking callback", "worker thread"):
-        consume = consume_in_callback if style == "blocking callback" else consume_on_a_thread
-        started, finished = threading.Event(), threading.Event()
-        watcher = threading.Thread(target=_watch_consumers, args=(broker, queue, started, finished, cut),
-                                   daemon=True)
-        watcher.start()
-
-        def work(body: bytes) -> None:
-            started.set()
-            time.sleep(job_seconds)  # the work (in a blocking callback, nothing answers the broker meanwhile)
-            finished.set()
-
-        try:
-            with broker.connect(heartbeat=heartbeat, connection_attempts=1) as connection:
-                time.sleep(phase * heartbeat)  # silent, before the last frame: moves the broker's timer phase
-                consume(connection, queue, work)
-                acked = True
-        except pika.exceptions.AMQPError as e:
-            error = f"{type(e).__name__}: {e}"
-        finally:
-            started.set()
-            finished.set()
-            watcher.join(10)
-    elif style == "thread-pool consumer":
-        consumer = ThreadPoolConsumer(broker, queue, lambda body: time.sleep(job_seconds), threads=1,
-                                      heartbeat=heartbeat)
-        try:
-            acked = consumer.run(max_messages=1).acked == 1
-        except pika.exceptions.AMQPError as e:
-            error = f"{type(e).__name__}: {e}"
+    if style == "thread-pool consumer":
+        acked, error, cut = _long_job_in_pool(broker, queue, job_seconds, heartbeat)
     else:
-        raise ValueError(f"style must be one of {Style.__args__}, not {style!r}")
+        acked, error, cut = _long_job_in_plain_pika(broker, queue, job_seconds, heartbeat, style, phase)
     seconds = time.monotonic() - t0
     with broker.connect() as connection:
         channel = connection.channel()
@@ -168,8 +139,48 @@ def long_job(broker: Broker, queue: str, job_seconds: float, heartbeat: int,
     return {"style": style, "job_s": job_seconds, "heartbeat_s": heartbeat, "acked": acked,
             "error": error or "none", "back in queue": bool(back),
             "redelivered": bool(back and back[0].method.redelivered),
-            "cut_after_s": round(cut["cut_after_s"], 2) if "cut_after_s" in cut else float("nan"),
+            "cut_after_s": round(cut, 2) if cut is not None else float("nan"),
             "seconds": round(seconds, 1)}
+
+
+def _long_job_in_plain_pika(broker: Broker, queue: str, job_seconds: float, heartbeat: int, style: Style,
+                            phase: float) -> tuple[bool, str, float | None]:
+    """:func:`long_job` with :func:`consume_in_callback` or :func:`consume_on_a_thread`, watched from another
+    connection: (acked, the error the consumer saw, seconds from the job's start to the broker's cut)."""
+    consume = consume_in_callback if style == "blocking callback" else consume_on_a_thread
+    started, finished = threading.Event(), threading.Event()
+    cut: dict[str, float] = {}
+    watcher = threading.Thread(target=_watch_consumers, args=(broker, queue, started, finished, cut), daemon=True)
+    watcher.start()
+
+    def work(body: bytes) -> None:
+        started.set()
+        time.sleep(job_seconds)  # the work (in a blocking callback, nothing answers the broker meanwhile)
+        finished.set()
+
+    acked, error = False, ""
+    try:
+        with broker.connect(heartbeat=heartbeat, connection_attempts=1) as connection:
+            time.sleep(phase * heartbeat)  # silent, before the last frame: moves the broker's timer phase
+            consume(connection, queue, work)
+            acked = True
+    except pika.exceptions.AMQPError as e:
+        error = f"{type(e).__name__}: {e}"
+    finally:
+        started.set()
+        finished.set()
+        watcher.join(10)
+    return acked, error, cut.get("cut_after_s")
+
+
+def _long_job_in_pool(broker: Broker, queue: str, job_seconds: float,
+                      heartbeat: int) -> tuple[bool, str, float | None]:
+    """:func:`long_job` with a one-thread :class:`ThreadPoolConsumer`: (acked, the error it saw, None)."""
+    consumer = ThreadPoolConsumer(broker, queue, lambda body: time.sleep(job_seconds), threads=1, heartbeat=heartbeat)
+    try:
+        return consumer.run(max_messages=1).acked == 1, "", None
+    except pika.exceptions.AMQPError as e:
+        return False, f"{type(e).__name__}: {e}", None
 
 
 def heartbeat_sweep(broker: Broker, job_seconds: Iterable[float] = (2, 4, 6, 8), heartbeat: int = 2,
@@ -215,8 +226,6 @@ def threshold_intervals(runs: "pd.DataFrame", style: Style = "blocking callback"
 def plot_heartbeats(runs: "pd.DataFrame", caption: str = "") -> "plt.Axes":
     """Each job of a :func:`heartbeat_sweep` at its length: survived (green) or dropped (red), per consumer style,
     a bar where the broker closed the connection; the band marks 2 to 3 heartbeat intervals."""
-
-
     heartbeat = float(runs["heartbeat_s"].iloc[0])
     styles = list(dict.fromkeys(runs["style"]))
     _, ax = plt.subplots(figsize=(7, 1.6 + 0.5 * len(styles)))

@@ -141,6 +141,33 @@ def time_calls(fn: Callable[[int], Any], n: int, label: str, repeats: int = 1) -
     return pd.DataFrame(rows)
 
 
+def confirm_claim(first: T, holds: Callable[[T], bool], measure: Callable[[], T], *, again: int = 1) -> T:
+    """``first`` if ``holds(first)``; else ``measure()`` anew, up to ``again`` times, until it holds. The last one.
+
+    A timing claim that fails once on a shared machine may only mean that something else ran meanwhile:
+    it is measured once more before anyone concludes. The caller still asserts ``holds`` on what this
+    returns, so the cell shows what it checks (``exercises.core.measure_against_target`` does the same for
+    the exercises' checkers).
+
+    >>> rates = iter([9.0, 30.0])
+    >>> confirm_claim(5.0, lambda r: r > 20, lambda: next(rates), again=2)
+    30.0
+
+    Example::
+
+        ratio = confirm_claim(ratio, lambda r: r > 2, lambda: measure_ratio())
+        assert ratio > 2, "consuming should be several times faster than polling"
+    """
+    if not isinstance(again, int) or again < 0:
+        raise ValueError(f"again must be an int >= 0, got {again!r}")
+    result = first
+    for _ in range(again):
+        if holds(result):
+            break
+        result = measure()
+    return result
+
+
 def summary(df: pd.DataFrame, value: str = "ms", by: str = "label") -> pd.DataFrame:
     """Median, 10th and 90th percentile and count of ``value`` per ``by`` group."""
     g = df.groupby(by, sort=False)[value]

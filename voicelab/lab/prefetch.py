@@ -7,7 +7,8 @@ row per job: which consumer did it, when it started and ended.
 
 Example::
 
-    fill_jobs(broker, "fair", [0.01] * 50)
+    with broker.connect() as connection:   # 50 jobs of 10 ms, persistent, confirmed
+        refill(connection.channel(), "fair", timed_jobs([0.01] * 50), purge=True)
     timeline = run_consumers(broker, "fair", consumers=3, prefetch=1)
     timeline.groupby("consumer").size()
     plot_timelines({1: timeline}, caption=broker_caption(broker))
@@ -25,7 +26,7 @@ import pandas as pd
 import pika
 
 from ..broker import Broker
-from ..queues import publish_bodies, queue_counts, refill, wait_for_consumers
+from ..queues import publish_bodies, queue_counts, reset_queue, wait_for_consumers
 from .measure import add_caption
 
 
@@ -45,12 +46,6 @@ def timed_jobs(durations: list[float]) -> list[dict[str, Any]]:
     [{'job': 0, 'seconds': 0.2}, {'job': 1, 'seconds': 0.01}]
     """
     return [{"job": i, "seconds": seconds} for i, seconds in enumerate(durations)]
-
-
-def fill_jobs(broker: Broker, queue: str, durations: list[float]) -> None:
-    """Empty ``queue`` (a purge: it stays declared durable) and publish one job per duration, persistent, confirmed."""
-    with broker.connect() as connection:
-        refill(connection.channel(), queue, timed_jobs(durations), purge=True)
 
 
 def worker(channel: Any, queue: str, prefetch: int, record: Any, finished: Any) -> None:
@@ -103,7 +98,8 @@ def run_consumers(broker: Broker, queue: str, consumers: int, prefetch: int, tot
     if consumers < 1 or prefetch < 0:
         raise ValueError(f"consumers must be >= 1 and prefetch >= 0, got {consumers}, {prefetch}")
     if publish is not None:
-        fill_jobs(broker, queue, [])
+        with broker.connect() as connection:
+            reset_queue(connection.channel(), queue, purge=True)
         total = len(publish)
     if total is None:
         with broker.connect() as connection:

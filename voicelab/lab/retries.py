@@ -1,13 +1,13 @@
 """Notebook 06's retry experiments: a retry policy run and recorded delivery by delivery, the redelivery loop.
 
-:func:`run_worker` consumes a queue with :func:`voicelab.retry.handle_delivery` until nothing is left
+:func:`run_retry_worker` consumes a queue with :func:`voicelab.retry.handle_delivery` until nothing is left
 and returns one row per delivery; :func:`redelivery_loop` measures what ``requeue=True`` does on each
 queue type and RabbitMQ version; :func:`plot_storm` and :func:`plot_attempts` draw them.
 
 Example::
 
     policy = RetryPolicy("delayed", max_attempts=4, delays=(0.1, 0.2, 0.4))
-    events = run_worker(broker, "voice_jobs06", lambda job, attempt: None, policy)
+    events = run_retry_worker(broker, "voice_jobs06", lambda job, attempt: None, policy)
     events[["job", "attempt", "outcome"]]   # one row per delivery: done / retry / poison / dead-lettered
     redelivery_loop(broker, "quorum", "reject", max_deliveries=25)
 """
@@ -26,16 +26,17 @@ from pika.adapters.blocking_connection import BlockingChannel
 from ..queues import (
     confirm_mode,
     declare_job_queue,
+    delete_job_queue,
     dlq_name,
-    job_properties,
+    publish_bodies,
     queue_counts,
     wait_stable,
 )
-from ..retry import Handler, RetryPolicy, _headers, deaths, handle_delivery, tier_name
+from ..retry import Handler, RetryPolicy, deaths, handle_delivery, tier_name
 from .measure import add_caption
 
 
-def run_worker(broker: Any, queue: str, handler: Handler, policy: RetryPolicy, *, idle: float = 0.5,
+def run_retry_worker(broker: Any, queue: str, handler: Handler, policy: RetryPolicy, *, idle: float = 0.5,
                timeout: float = 30.0, prefetch: int = 1) -> pd.DataFrame:
     """Consume ``queue`` with :func:`handle_delivery` until nothing is left to do; one row per delivery.
 
@@ -73,7 +74,7 @@ def run_worker(broker: Any, queue: str, handler: Handler, policy: RetryPolicy, *
                 break
             if now - t0 > timeout:
                 channel.basic_cancel(tag)
-                raise TimeoutError(f"run_worker: {queue!r} still had work after {timeout:g} s "
+                raise TimeoutError(f"run_retry_worker: {queue!r} still had work after {timeout:g} s "
                                    f"({len(events)} deliveries handled)")
         channel.basic_cancel(tag)
     frame = pd.DataFrame(events, columns=["t", "job", "attempt", "outcome", "error", "to", "deaths"])
@@ -102,39 +103,17 @@ def redelivery_loop(broker: Any, kind: str, settle: str, *, max_deliveries: int 
         raise ValueError(f"settle must be 'nack' or 'reject', got {settle!r}")
     if not isinstance(max_deliveries, int) or max_deliveries < 1:
         raise ValueError(f"max_deliveries must be an int >= 1, got {max_deliveries!r}")
-    counts: list[Any] = []
-    times: list[float] = []
     with broker.connect() as connection:
         channel = connection.channel()
-        channel.queue_delete(queue)
-        channel.queue_delete(dlq_name(queue))
+        delete_job_queue(channel, queue)
         declare_job_queue(channel, queue, arguments={"x-queue-type": "quorum"} if kind == "quorum" else None)
-        confirm_mode(channel)
-        channel.basic_publish("", queue, b'{"job_id": "always-fails"}', job_properties(), mandatory=True)
+        publish_bodies(channel, queue, [b'{"job_id": "always-fails"}'])
         worker = connection.channel()
-        worker.basic_qos(prefetch_count=1)
-
-        def on_message(ch: BlockingChannel, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
-            times.append(time.monotonic() - t0)
-            counts.append(_headers(properties).get("x-delivery-count"))
-            if len(counts) >= max_deliveries:
-                return   # the last one stays unacked; the channel's close below returns it
-            if settle == "nack":
-                ch.basic_nack(method.delivery_tag, requeue=True)
-            else:
-                ch.basic_reject(method.delivery_tag, requeue=True)
-
-        t0 = time.monotonic()
-        worker.basic_consume(queue, on_message)
-        while len(counts) < max_deliveries and time.monotonic() - t0 < seconds:
-            connection.process_data_events(time_limit=0.02)
-            if time.monotonic() - t0 - (times[-1] if times else 0.0) > quiet:
-                break
-        elapsed = time.monotonic() - t0
-        worker.close()
+        counts, times, elapsed = _requeue_until_quiet(connection, worker, queue, settle, max_deliveries, seconds,
+                                                      quiet)
+        worker.close()   # returns the last delivery, left unacked
         left = wait_stable(channel, queue, dlq_name(queue))
-        channel.queue_delete(queue)
-        channel.queue_delete(dlq_name(queue))
+        delete_job_queue(channel, queue)
     ended = "still queued" if left[queue] else "dead-lettered" if left[dlq_name(queue)] else "gone"
     return {"kind": kind, "settle": settle, "deliveries": len(counts), "seconds": round(elapsed, 3),
             "per_second": round((len(times) - 1) / (times[-1] - times[0]), 1) if len(times) > 1 and times[-1] > times[0]
@@ -142,12 +121,40 @@ def redelivery_loop(broker: Any, kind: str, settle: str, *, max_deliveries: int 
             "counts": counts, "times": times, "ended": ended}
 
 
+def _requeue_until_quiet(connection: pika.BlockingConnection, worker: BlockingChannel, queue: str, settle: str,
+                         max_deliveries: int, seconds: float, quiet: float) -> tuple[list[Any], list[float], float]:
+    """Consume ``queue`` on ``worker`` at prefetch 1, settling each delivery with ``settle`` and ``requeue=True``,
+    until ``max_deliveries`` (the last stays unacked), ``seconds``, or ``quiet`` s without a delivery.
+
+    Returns the ``x-delivery-count`` of each delivery (None when absent), the time of each, the seconds spent.
+    """
+    counts: list[Any] = []
+    times: list[float] = []
+    worker.basic_qos(prefetch_count=1)
+
+    def on_message(ch: BlockingChannel, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
+        times.append(time.monotonic() - t0)
+        counts.append((properties.headers or {}).get("x-delivery-count"))
+        if len(counts) >= max_deliveries:
+            return   # the last one stays unacked; the channel's close returns it
+        if settle == "nack":
+            ch.basic_nack(method.delivery_tag, requeue=True)
+        else:
+            ch.basic_reject(method.delivery_tag, requeue=True)
+
+    t0 = time.monotonic()
+    worker.basic_consume(queue, on_message)
+    while len(counts) < max_deliveries and time.monotonic() - t0 < seconds:
+        connection.process_data_events(time_limit=0.02)
+        if time.monotonic() - t0 - (times[-1] if times else 0.0) > quiet:
+            break
+    return counts, times, time.monotonic() - t0
+
+
 def plot_storm(storms: pd.DataFrame, backoff_events: pd.DataFrame, caption: str = "") -> Any:
     """Cumulative deliveries of one failing job against time: ``requeue=True`` storms (one line per repeat,
     from :func:`redelivery_loop` ``times``: columns ``repeat``, ``t``) against delayed retries (the
-    :func:`run_worker` rows of one job: ``t``)."""
-
-
+    :func:`run_retry_worker` rows of one job: ``t``)."""
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
     for repeat, part in storms.groupby("repeat"):
         ax.step(part["t"], range(1, len(part) + 1), where="post", color="crimson", alpha=0.7,
@@ -169,10 +176,8 @@ def plot_storm(storms: pd.DataFrame, backoff_events: pd.DataFrame, caption: str 
 def plot_attempts(events: pd.DataFrame, caption: str = "") -> Any:
     """One row per (strategy, job): each delivery as a marker at its time, shaped by outcome.
 
-    ``events``: :func:`run_worker` rows with the columns ``strategy`` and ``label`` added.
+    ``events``: :func:`run_retry_worker` rows with the columns ``strategy`` and ``label`` added.
     """
-
-
     markers = {"done": ("o", "tab:green"), "retry": ("x", "tab:orange"), "dead-lettered": ("s", "black"),
                "poison": ("D", "crimson")}
     rows = list(dict.fromkeys(zip(events["strategy"], events["label"])))

@@ -4,7 +4,8 @@ Every function opens its own connection and closes it, and returns messages per 
 
 Example::
 
-    fill_queue(broker, "bench", 1000)
+    with broker.connect() as connection:   # 1000 transient 100-byte messages, published in bulk
+        refill(connection.channel(), "bench", [b"x" * 100] * 1000, purge=True, confirm=False, persistent=False)
     consume_push(broker, "bench", 1000, prefetch=50)   # -> e.g. 12000.0 messages/s
     runs = sweep(lambda size: {"messages_per_s": (r := publish_rate(broker, "bench", 500, size)),
                                "MB_per_s": r * size / 1e6}, {"size": [100, 10_000]})
@@ -21,22 +22,8 @@ import pandas as pd
 import pika
 
 from ..broker import Broker
-from ..queues import publish_bodies, refill, reset_queue
+from ..queues import publish_bodies, reset_queue
 from .measure import add_caption, plot_sweep
-
-
-def fill_queue(broker: Broker, queue: str, n: int, size: int = 100) -> None:
-    """Empty ``queue`` (a purge: it stays declared durable) and put ``n`` transient messages of ``size`` bytes in it.
-
-    Publishes are not confirmed one by one (that would take longer than the
-    runs it prepares): :func:`voicelab.queues.refill` publishes them in bulk
-    and syncs with one round trip, so the broker has them all when this returns.
-    """
-    if n < 0 or size < 0:
-        raise ValueError(f"n and size must be >= 0, got n={n}, size={size}")
-    with broker.connect() as connection:
-        refill(connection.channel(), queue, itertools.repeat(b"x" * size, n), purge=True, confirm=False,
-               properties=pika.BasicProperties(delivery_mode=pika.DeliveryMode.Transient))
 
 
 def publish_rate(broker: Broker, queue: str, n: int, size: int, confirm: bool = False,
