@@ -43,6 +43,7 @@ def dlq_name(queue: str) -> str:
     >>> dlq_name("voice_jobs")
     'voice_jobs.dlq'
     """
+    _check_queue(queue)
     return f"{queue}.dlq"
 
 

@@ -133,7 +133,10 @@ def run_backlog(broker: Broker, queue: str, *, publish_rate: float = 40.0, ramp_
                     load.start_consumers(consumers, job_s)
                 row = _sample_row(channel, mgmt, prom, queue, load.truth)
                 rows.append(row)
-                if empty_at is None and now > consumers_at + 0.5 and row["truth"] == 0 and row["passive_ready"] == 0:
+                # drained: nothing waits, at most one job in each consumer's hands (prefetch 1); exactly 0 in
+                # flight is a moment a sample can miss while the publisher goes on, the more so on a busy machine
+                if (empty_at is None and now > consumers_at + 0.5 and row["passive_ready"] == 0
+                        and row["truth"] <= consumers):
                     empty_at, stopped_at = row["t"], now
                     load.stop_publisher.set()
                 load.raise_failure()

@@ -41,7 +41,9 @@ def run_retry_worker(broker: Any, queue: str, handler: Handler, policy: RetryPol
     """Consume ``queue`` with :func:`handle_delivery` until nothing is left to do; one row per delivery.
 
     Stops once no message arrived for ``idle`` s and the work queue and its wait
-    queues are empty, or after ``timeout`` s (then raises ``TimeoutError``).
+    queues have then stayed empty for another ``idle`` s (a message between a wait
+    queue and the work queue is in neither for a moment, longer on a busy machine),
+    or after ``timeout`` s (then raises ``TimeoutError``).
     Columns: ``t`` (s since start), ``job``, ``attempt``, ``outcome``, ``error``,
     ``to`` (where a retry went) and ``deaths`` (the ``x-death`` entries it carried).
     """
@@ -64,14 +66,20 @@ def run_retry_worker(broker: Any, queue: str, handler: Handler, policy: RetryPol
         confirm_mode(channel)
         tag = channel.basic_consume(queue, on_message)
         last = time.monotonic()
-        while True:
+        empty_since: float | None = None   # a message moving from a wait queue back to the work queue is in
+        while True:                        # neither for a moment: the queues must stay empty for `idle` s
             before = len(events)
             connection.process_data_events(time_limit=0.05)
             now = time.monotonic()
             if len(events) != before:
-                last = now
-            elif now - last >= idle and all(queue_counts(channel, q) == 0 for q in [queue, *waits]):
-                break
+                last, empty_since = now, None
+            elif now - last >= idle:
+                if any(queue_counts(channel, q) for q in [queue, *waits]):
+                    empty_since = None
+                elif empty_since is None:
+                    empty_since = now
+                elif now - empty_since >= idle:
+                    break
             if now - t0 > timeout:
                 channel.basic_cancel(tag)
                 raise TimeoutError(f"run_retry_worker: {queue!r} still had work after {timeout:g} s "
