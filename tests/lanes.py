@@ -3,11 +3,12 @@
     python tests/lanes.py                      # what `make test` runs
     python tests/lanes.py --workers 2          # units on two pytest-xdist workers
 
-Stage 1 runs together: the unit tests (pytest-xdist workers) and the notebooks whose claims are counts and
-outcomes (a message lost or kept, a retry that counts, a job accounted for): they must hold on a busy machine,
-and running them beside the units shows that they do. Stage 2 runs alone: the notebooks that measure rates,
-cores and staleness (throughput, prefetch, threads and processes, confirm costs, monitoring figures and drain
-predictions), whose figures a busy machine would spoil.
+Stage 1 runs together: the unit tests (pytest-xdist workers) and the notebooks whose claims are counts,
+outcomes and ratios of two runs made side by side (a message lost or kept, a retry that counts, a job
+accounted for, batched acks or confirms against one at a time): they must hold on a busy machine, and running
+them beside the units shows that they do (02 and 05 also run beside the units on the local node in CI). Stage 2
+runs alone: the notebooks whose claims rest on absolute rates, cores and staleness (throughput against
+prefetch, threads and processes against cores, monitoring figures and drain predictions).
 Each lane gets its own ``VOICELAB_RUN_ID``, so that its leak check counts its own brokers only. A lane's
 output goes to ``.lanes/<name>.log`` and is printed when the lane ends; the last line adds the lanes up.
 """
@@ -25,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ("00", "06", "08")                  # counts and outcomes: hold on a busy machine
-ALONE = ("01", "02", "03", "04", "05", "07")  # rates, cores, staleness: measured alone
+SHARED = ("00", "02", "05", "06", "08")      # counts, outcomes, ratios shown to hold on a busy machine
+ALONE = ("01", "03", "04", "07")              # absolute rates, cores, staleness: measured alone
 COUNTS = ("passed", "failed", "errors", "skipped")
 
 
