@@ -23,13 +23,15 @@ import pika
 
 from ..broker import Broker
 from ..consumers import ThreadPoolConsumer
-from ..publishing import ReliablePublisher, publish_confirmed, publish_unconfirmed
+from ..lab.measure import PUBLISH_STRATEGIES as MEASURE_STRATEGIES
+from ..lab.measure import time_publishes as measured_publishes
 from ..queues import queue_counts, refill, reset_queue
 
 BODY_SIZE = 100
 POOL_THREADS = 16
 """Threads of the :class:`ThreadPoolConsumer` case (its prefetch is the same: one message per thread)."""
 PUBLISH_STRATEGIES = ("no confirms", "confirm per message", "batched confirms", "async confirms")
+_MEASURE_NAMES = dict(zip(PUBLISH_STRATEGIES, MEASURE_STRATEGIES))   # the same four, as notebook 05 names them
 QUEUE_TYPES: dict[str, dict[str, Any]] = {"classic": {}, "quorum": {"x-queue-type": "quorum"}}
 """The queue types the bench measures, with their declare arguments (every bench queue is durable)."""
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
@@ -87,34 +89,15 @@ def fill(broker: Broker, queue: str, n: int, queue_type: str = "classic", size: 
 
 
 def time_publishes(broker: Broker, queue: str, n: int, strategy: str, size: int = BODY_SIZE) -> float:
-    """Seconds to publish ``n`` persistent ``size``-byte messages to the existing ``queue`` with ``strategy``.
-
-    ``"no confirms"``: :func:`~voicelab.publishing.publish_unconfirmed`, the clock stopped after one
-    round trip the broker answers once it has them all; ``"confirm per message"``:
-    :func:`~voicelab.publishing.publish_confirmed`, a round trip each; ``"batched confirms"``:
-    ``ReliablePublisher(batch=True, window=100)``; ``"async confirms"``: ``ReliablePublisher(window=256)``.
+    """Seconds to publish ``n`` persistent ``size``-byte messages to the existing ``queue`` with ``strategy``
+    (one of :data:`PUBLISH_STRATEGIES`), timed by :func:`voicelab.lab.measure.time_publishes`, which notebook 05
+    uses too: ``"confirm per message"`` is its ``"confirm each"``, ``"batched confirms"`` its ``"batches of
+    100"``, ``"async confirms"`` its ``"async window 256"``.
     """
     if strategy not in PUBLISH_STRATEGIES:
         raise ValueError(f"strategy must be one of {PUBLISH_STRATEGIES}, got {strategy!r}")
     _positive("n", n)
-    body = b"x" * size
-    if strategy in ("batched confirms", "async confirms"):
-        batch = strategy == "batched confirms"
-        publisher = ReliablePublisher(broker.parameters(), window=100 if batch else 256, batch=batch,
-                                      mandatory=False)
-        return publisher.publish(queue, itertools.repeat(body, n), properties=PERSISTENT).seconds
-    with broker.connect() as connection:
-        channel = connection.channel()
-        if strategy == "confirm per message":
-            channel.confirm_delivery()
-        t0 = time.perf_counter()
-        if strategy == "no confirms":
-            publish_unconfirmed(channel, queue, itertools.repeat(body, n), properties=PERSISTENT)
-            channel.queue_declare(queue, passive=True)  # answered once every publish before it is enqueued
-        else:
-            for _ in range(n):
-                publish_confirmed(channel, queue, body, properties=PERSISTENT, mandatory=False)
-        return time.perf_counter() - t0
+    return measured_publishes(broker, queue, n, _MEASURE_NAMES[strategy], size=size)
 
 
 def publish_strategy(broker: Broker, queue: str, n: int, strategy: str, queue_type: str = "classic",

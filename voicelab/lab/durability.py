@@ -31,9 +31,14 @@ import pika
 import pika.exceptions
 
 from ..broker import Broker
-from ..publishing import BrokerGone, ReliablePublisher, publish_confirmed, publish_unconfirmed
+from ..publishing import (
+    BrokerGone,
+    ReliablePublisher,
+    publish_confirmed,
+    publish_unconfirmed,
+)
 from ..queues import drain, reset_queue, settled
-from .measure import add_caption
+from .measure import PUBLISH_STRATEGIES, add_caption, time_publishes
 
 QUEUE_KINDS: dict[str, dict[str, Any]] = {
     "classic durable": {"durable": True},
@@ -44,7 +49,7 @@ QUEUE_KINDS: dict[str, dict[str, Any]] = {
 
 MESSAGE_MODES = {"persistent": pika.DeliveryMode.Persistent, "transient": pika.DeliveryMode.Transient}
 EVENTS = ("restart", "kill")
-STRATEGIES = ("no confirms", "confirm each", "batches of 100", "async window 256")
+STRATEGIES = PUBLISH_STRATEGIES
 
 METADATA_FLUSH_S = 2.5
 """Seconds between declaring a queue and a ``kill -9`` demo.
@@ -337,28 +342,6 @@ def delivery_counts(broker: Broker, requeues: int = 2, queue: str = "quorum_coun
 
 
 # --- Costs ---------------------------------------------------------------------------------------------------
-
-def time_publishes(broker: Broker, queue: str, n: int, strategy: str, *, persistent: bool = True,
-                   size: int = 100) -> float:
-    """Seconds to publish ``n`` messages of ``size`` bytes to the existing ``queue`` with ``strategy``
-    (one of :data:`STRATEGIES`); connection set-up is never timed. The queue is left as it is."""
-    props = pika.BasicProperties(delivery_mode=MESSAGE_MODES["persistent" if persistent else "transient"])
-    body = b"x" * size
-    if strategy in ("no confirms", "confirm each"):
-        with broker.connect() as connection:
-            channel = connection.channel()
-            t0 = time.perf_counter()
-            if strategy == "no confirms":
-                publish_unconfirmed(channel, queue, itertools.repeat(body, n), properties=props)
-                channel.queue_declare(queue, passive=True)  # answered once every publish before it is enqueued
-            else:
-                for _ in range(n):
-                    publish_confirmed(channel, queue, body, properties=props, mandatory=False)
-            return time.perf_counter() - t0
-    batch = strategy.startswith("batches")
-    publisher = ReliablePublisher(broker.parameters(), window=100 if batch else 256, batch=batch, mandatory=False)
-    return publisher.publish(queue, itertools.repeat(body, n), properties=props).seconds
-
 
 def publish_cost(broker: Broker, strategy: str, n: int, *, kind: str = "classic durable", persistent: bool = True,
                  size: int = 100, queue: str = "cost_demo") -> float:

@@ -21,8 +21,12 @@ from typing import Any, Callable, Iterable, TypeVar
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import pika
 from matplotlib.ticker import FuncFormatter, NullFormatter
 from tqdm.auto import tqdm
+
+from ..broker import Broker
+from ..publishing import ReliablePublisher, publish_confirmed, publish_unconfirmed
 
 T = TypeVar("T")
 
@@ -260,3 +264,44 @@ def plot_sweep(df: pd.DataFrame, x: str, y: str = "value", *, by: str | None = N
     add_caption(ax, caption)
     ax.grid(alpha=0.3, which="both")
     return ax
+
+
+PUBLISH_STRATEGIES = ("no confirms", "confirm each", "batches of 100", "async window 256")
+"""After RabbitMQ's publisher-confirms tutorial: none, a confirm per message, batches, an asynchronous window."""
+
+
+def time_publishes(broker: Broker, queue: str, n: int, strategy: str, *, persistent: bool = True,
+                   size: int = 100) -> float:
+    """Seconds to publish ``n`` messages of ``size`` bytes to the existing ``queue`` with ``strategy``.
+
+    ``strategy`` is one of :data:`PUBLISH_STRATEGIES`: ``"no confirms"``
+    (:func:`~voicelab.publishing.publish_unconfirmed`, the clock stopped after one round trip the broker
+    answers once it has them all), ``"confirm each"`` (:func:`~voicelab.publishing.publish_confirmed`, a
+    round trip each), ``"batches of 100"`` and ``"async window 256"`` (:class:`~voicelab.publishing.ReliablePublisher`).
+    Connection set-up is never timed; the queue is left as it is.
+
+    Example::
+
+        time_publishes(broker, "cost_demo", 1000, "async window 256")   # seconds
+    """
+    if strategy not in PUBLISH_STRATEGIES:
+        raise ValueError(f"strategy must be one of {PUBLISH_STRATEGIES}, got {strategy!r}")
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    mode = pika.DeliveryMode.Persistent if persistent else pika.DeliveryMode.Transient
+    props = pika.BasicProperties(delivery_mode=mode)
+    body = b"x" * size
+    if strategy in ("no confirms", "confirm each"):
+        with broker.connect() as connection:
+            channel = connection.channel()
+            t0 = time.perf_counter()
+            if strategy == "no confirms":
+                publish_unconfirmed(channel, queue, itertools.repeat(body, n), properties=props)
+                channel.queue_declare(queue, passive=True)  # answered once every publish before it is enqueued
+            else:
+                for _ in range(n):
+                    publish_confirmed(channel, queue, body, properties=props, mandatory=False)
+            return time.perf_counter() - t0
+    batch = strategy == "batches of 100"
+    publisher = ReliablePublisher(broker.parameters(), window=100 if batch else 256, batch=batch, mandatory=False)
+    return publisher.publish(queue, itertools.repeat(body, n), properties=props).seconds
