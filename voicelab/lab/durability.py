@@ -344,8 +344,11 @@ def delivery_counts(broker: Broker, requeues: int = 2, queue: str = "quorum_coun
 # --- Costs ---------------------------------------------------------------------------------------------------
 
 def publish_cost(broker: Broker, strategy: str, n: int, *, kind: str = "classic durable", persistent: bool = True,
-                 size: int = 100, queue: str = "cost_demo") -> float:
+                 size: int = 100, queue: str = "cost_demo", counted: bool = False) -> float | dict[str, float]:
     """Messages/s publishing ``n`` messages of ``size`` bytes to an empty ``queue`` of ``kind`` with ``strategy``.
+
+    With ``counted=True``, returns ``{"value": rate, "in_queue": n}`` where ``in_queue`` is the ready count
+    the broker reports once the publisher is done (read before the queue is deleted).
 
     Strategies (:data:`STRATEGIES`, after RabbitMQ's publisher-confirms tutorial):
     ``"no confirms"`` (clock stopped after one round trip the broker answers once
@@ -359,5 +362,7 @@ def publish_cost(broker: Broker, strategy: str, n: int, *, kind: str = "classic 
     _reset(broker, queue, kind)
     seconds = time_publishes(broker, queue, n, strategy, persistent=persistent, size=size)
     with broker.connect() as connection:
-        connection.channel().queue_delete(queue)
-    return n / seconds
+        channel = connection.channel()
+        in_queue = int(channel.queue_declare(queue, passive=True).method.message_count)
+        channel.queue_delete(queue)
+    return {"value": n / seconds, "in_queue": in_queue} if counted else n / seconds
