@@ -31,3 +31,24 @@ def test_broker_health_checks_pass_and_a_missing_listener_fails(any_broker: vb.B
 
 # What these tests check differs between RabbitMQ versions: run them on every image (see conftest).
 pytestmark = pytest.mark.all_versions
+
+
+def test_aliveness_test_is_real_before_4_0_6_only() -> None:
+    assert health.aliveness_test_is_real("3.10.8") and health.aliveness_test_is_real("4.0.5")
+    assert not health.aliveness_test_is_real("4.0.6") and not health.aliveness_test_is_real("4.1.0")
+    assert not health.aliveness_test_is_real("4.3.6")
+    assert health.version_tuple("4.1.0-rc.1") == (4, 1, 0)
+
+
+def test_aliveness_test_leaves_its_queue_where_it_is_real(any_broker: vb.Broker) -> None:
+    from voicelab.management import Management
+    mgmt = Management(any_broker)
+    try:
+        queue = f"{mgmt.base}/queues/%2F/aliveness-test"
+        mgmt.session.delete(queue, timeout=mgmt.timeout)
+        assert mgmt.session.get(f"{mgmt.base}/aliveness-test/%2F", timeout=mgmt.timeout).status_code == 200
+        left = mgmt.session.get(queue, timeout=mgmt.timeout).status_code == 200
+        assert left == health.aliveness_test_is_real(any_broker.version), any_broker.version
+        mgmt.session.delete(queue, timeout=mgmt.timeout)
+    finally:
+        mgmt.close()

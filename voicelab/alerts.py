@@ -9,7 +9,7 @@ queue (a DataFrame, columns below), and the rule returns why it fires, or None. 
 - :func:`low_utilisation`: consumer utilisation low while messages wait (consumers cannot take more:
   too few, too slow, or a prefetch too small for the round trip);
 - :func:`drain_too_slow`: the backlog will not drain within a deadline at the measured rates
-  (``depth / (ack rate - publish rate)``, see :func:`predicted_drain_s`).
+  (the drain estimate ``depth / (ack rate - publish rate)``, see :func:`predicted_drain_s`).
 
 Sample columns (one row per queue per tick, as :func:`voicelab.lab.alert_scenarios.record` records them): ``t`` (s), ``queue``, ``ready``,
 ``unacked``, ``consumers``, ``dlq_ready`` (Prometheus, per queue), ``publish_rate``, ``ack_rate``
@@ -51,10 +51,13 @@ def slope(window: pd.DataFrame, over_s: float) -> float:
 
 
 def predicted_drain_s(ready_plus_unacked: float, ack_rate: float, publish_rate: float) -> float:
-    """Seconds until the backlog is gone if the rates hold: ``L / (mu - lambda)``; inf if it does not shrink.
+    """The drain estimate: seconds until the backlog is gone if the rates hold, ``L / (mu - lambda)``; inf if
+    it does not shrink.
 
-    Little's law gives the wait of a message that arrives now, ``L / mu``; with arrivals going on at
-    ``lambda``, the backlog shrinks at ``mu - lambda`` only.
+    A rate extrapolation, not Little's law: a message arriving now waits about ``L / mu`` (the wait
+    estimate, first in first out); with arrivals going on at ``lambda`` the backlog shrinks at
+    ``mu - lambda`` only. Little's law (``L = lambda W``) holds for long-run averages of a stable queue
+    (average depth = arrival rate x average time queued), not for a backlog while it drains.
 
     >>> predicted_drain_s(100, ack_rate=30, publish_rate=10)
     5.0

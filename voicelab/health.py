@@ -174,7 +174,11 @@ def health_endpoints(amqp_port: int = 5672) -> dict[str, str]:
 
     Each has a ``rabbitmq-diagnostics`` twin (``check_alarms``, ``check_local_alarms``,
     ``check_virtual_hosts``, ``check_port_listener``, ``check_protocol_listener``, ...).
-    ``aliveness-test`` is the legacy one-size check (a no-op from 4.0 on, per its pull request).
+    ``aliveness-test`` is the legacy one-size check: on 3.10.8 and 4.0.5 it declares a non-durable queue
+    ``aliveness-test`` in the vhost, publishes a message to it and gets it back (and leaves the queue);
+    from 4.0.6 and 4.1.0 on it does nothing and answers ``{"status": "ok"}`` (:func:`aliveness_test_is_real`).
+    Its CLI cousin ``rabbitmq-diagnostics node_health_check`` is a real, deprecated check on 3.10.8 and a
+    no-op since 3.13.0. See https://www.rabbitmq.com/docs/monitoring#health-checks.
     """
     return {
         "alarms": "health/checks/alarms",
@@ -189,6 +193,37 @@ def health_endpoints(amqp_port: int = 5672) -> dict[str, str]:
         "ready-to-serve-clients": "health/checks/ready-to-serve-clients",
         "aliveness-test (legacy)": "aliveness-test/%2F",
     }
+
+
+def version_tuple(version: str) -> tuple[int, int, int]:
+    """``"4.0.5"`` -> ``(4, 0, 5)``; a suffix (``"4.1.0-rc.1"``, ``"3.10.8+1"``) is ignored, missing parts are 0.
+
+    >>> version_tuple("4.0.5"), version_tuple("4.1.0-rc.1"), version_tuple("3.13")
+    ((4, 0, 5), (4, 1, 0), (3, 13, 0))
+    """
+    parts = []
+    for piece in version.split(".")[:3]:
+        digits = ""
+        for ch in piece:
+            if not ch.isdigit():
+                break
+            digits += ch
+        parts.append(int(digits or 0))
+    return tuple((parts + [0, 0, 0])[:3])  # type: ignore[return-value]
+
+
+def aliveness_test_is_real(version: str) -> bool:
+    """Does ``GET /api/aliveness-test/{vhost}`` of RabbitMQ ``version`` test anything?
+
+    Before 4.0.6 it declares a queue ``aliveness-test``, publishes and gets a message (the queue stays);
+    from 4.0.6 (and in 4.1.0 and later) it is a no-op that answers ok.
+
+    >>> aliveness_test_is_real("3.10.8"), aliveness_test_is_real("4.0.5"), aliveness_test_is_real("4.0.6")
+    (True, True, False)
+    >>> aliveness_test_is_real("4.3.6")
+    False
+    """
+    return version_tuple(version) < (4, 0, 6)
 
 
 def amqp_listener_port(mgmt: Management) -> int:

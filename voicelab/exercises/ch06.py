@@ -164,10 +164,12 @@ q1 = Exercise(
         basic_nack(requeue=True) redelivers the broker's own copy. To carry a count, the count has to travel
         in a message the broker stores: a new one you publish.""",
         """On failure: read attempt = (properties.headers or {}).get("attempt", 0) + 1. If attempt < max_attempts,
-        channel.basic_publish("", method.routing_key, body, pika.BasicProperties(headers={..., "attempt": attempt}),
-        mandatory=True) (the channel is in confirm mode: it returns once the broker has the copy), then
-        channel.basic_ack(method.delivery_tag). Otherwise publish to method.routing_key + ".dlq" with a
-        "reason" header, then ack. A BadJob from VoiceJob.from_json goes to the DLQ at once.""",
+        channel.basic_publish("", method.routing_key, body, pika.BasicProperties(delivery_mode=2,
+        headers={..., "attempt": attempt}), mandatory=True) (the channel is in confirm mode: it returns once the
+        broker has the copy; delivery_mode=2 makes the copy persistent, so a retried job survives a broker restart,
+        as in notebook 05), then channel.basic_ack(method.delivery_tag). Otherwise publish to
+        method.routing_key + ".dlq" with a "reason" header (persistent too), then ack. A BadJob from
+        VoiceJob.from_json goes to the DLQ at once.""",
     ],
     solution=retry_policy,
 )

@@ -229,13 +229,15 @@ def staleness(run: BacklogRun) -> pd.DataFrame:
 
 
 def drain_prediction(run: BacklogRun, after_s: float = 1.0, span_s: float = 1.5) -> dict[str, float]:
-    """Little's law on the drain: the predicted time to empty the queue against the measured one.
+    """Rate estimates on the drain: the predicted time to empty the queue against the measured one.
 
     From ``after_s`` to ``after_s + span_s`` s after the consumers started, the net rate at which the
     backlog shrinks (``mu - lambda``) is the slope of the depth the passive declare read (the fresh
     source: the other two lag, see :func:`staleness`), and ``lambda`` is the publish rate the
-    publisher's confirms show. A message arriving then waits ``L / mu`` (Little's law: ``L`` messages
-    ahead of it, leaving at ``mu`` per s); the backlog is gone after ``L / (mu - lambda)``. The
+    publisher's confirms show. A message arriving then waits about ``L / mu`` (the wait estimate: ``L``
+    messages ahead of it, leaving at ``mu`` per s); the backlog is gone after about ``L / (mu - lambda)``
+    (the drain estimate). Both extrapolate the rates of the moment; they are not Little's law
+    (``L = lambda W``, for long-run averages of a stable queue). The
     measured drain ends when the passive declare and the client both read 0.
 
     ``arrivals_after_per_s`` and ``departures_after_per_s`` are the rates over the rest of the drain:
