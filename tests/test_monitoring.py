@@ -62,10 +62,27 @@ def _change_intervals(samples: pd.DataFrame, col: str) -> pd.Series:
     return changed.diff().dropna()
 
 
+def _backlog(broker: vb.Broker) -> tuple[backlog.BacklogRun, backlog.LiveView, dict[str, float]]:
+    """A backlog run and its drain estimate; run again once when a busy machine starved the sampler.
+
+    The estimate needs three samples in its window (0.2 s apart): a sampler that several test workers
+    starve of CPU takes fewer, and drain_prediction says so with a ValueError. That is the machine, not
+    the code: the second run must succeed.
+    """
+    for attempt in (1, 2):
+        live = backlog.LiveView(every=0.5)
+        run = backlog.run_backlog(broker, "mon_backlog", publish_rate=30, ramp_s=6.0, consumers=2, job_s=0.025,
+                                  tail_s=5.2, on_sample=live)
+        try:
+            return run, live, backlog.drain_prediction(run)   # how close it came: notebook 07 shows it
+        except ValueError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def test_backlog_freshness_drain_prediction_and_live_view(any_broker: vb.Broker) -> None:
-    live = backlog.LiveView(every=0.5)
-    run = backlog.run_backlog(any_broker, "mon_backlog", publish_rate=30, ramp_s=6.0, consumers=2, job_s=0.025,
-                          tail_s=5.2, on_sample=live)
+    run, live, pred = _backlog(any_broker)
     try:
         assert run.empty_at is not None and run.empty_at > run.consumers_at
         assert live.redraws >= 2 and live.fig.axes, "the view redrew during the run and drew the final figure"
@@ -76,7 +93,6 @@ def test_backlog_freshness_drain_prediction_and_live_view(any_broker: vb.Broker)
         assert stale.max()["Prometheus"] < min(4.0, stale.max()["management API"]), stale.max()
         assert _change_intervals(run.samples, "prom_ready").median() < 2.0
         assert _change_intervals(run.samples, "mgmt_ready").median() >= 4.0, "management figures step every 5 s"
-        pred = backlog.drain_prediction(run)   # how close it came is a measurement: notebook 07 shows it
         assert pred["departures_per_s"] > pred["arrivals_per_s"] > 0, pred
         net = pred["departures_per_s"] - pred["arrivals_per_s"]
         assert pred["predicted_drain_s"] == pytest.approx(pred["depth"] / net), pred
