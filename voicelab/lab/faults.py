@@ -69,8 +69,11 @@ def run_through_faults(broker: Any, n: int = 200, faults: tuple[str, ...] = ("cl
     t0 = time.monotonic()
     try:
         _wait_listed(mgmt, name, consumer)
-        with broker.connect() as connection:
-            publish_bodies(connection.channel(), queue, jobs)   # confirmed, persistent, message_id = job id
+        try:
+            with broker.connect() as connection:
+                publish_bodies(connection.channel(), queue, jobs)   # confirmed, persistent, message_id = job id
+        finally:
+            injector.published.set()
         while store.applied < n and time.monotonic() - t0 < timeout and consumer.error is None:
             time.sleep(0.05)
         time.sleep(0.3)   # let the last acks go out
@@ -110,6 +113,7 @@ class _FaultInjector:
         self.log: list[dict[str, Any]] = []
         self.timeline: list[tuple[float, int]] = []
         self.restarts: list[threading.Thread] = []
+        self.published = threading.Event()   # a restart waits for the publisher: it would kill its connection
 
     def _now(self) -> float:
         return round(time.monotonic() - (self.consumer.started_at if self.consumer else 0.0), 3)
@@ -125,6 +129,7 @@ class _FaultInjector:
             self.log.append({"t": self._now(), "fault": fault, "job": job.job_id})
             time.sleep(0.5)   # the connection dies before this job's ack goes out
             return
+        self.published.wait(60)   # the job stays in flight meanwhile: its ack is still lost with the broker
         self.log.append({"t": self._now(), "fault": fault, "job": job.job_id})
         self.restarts.append(threading.Thread(target=self.broker.restart, daemon=True))
         self.restarts[-1].start()
