@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import random
 import re
 import shutil
 import socket
@@ -26,12 +27,13 @@ import time
 import urllib.parse
 import weakref
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any, Mapping
 
 import pika
 import pika.exceptions
-from pika.adapters.utils.connection_workflow import AMQPConnectorException
 import requests
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from . import reaper
 
@@ -153,12 +155,31 @@ def mask_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands to outgoing connections and ``bind(0)`` (Linux; a common default elsewhere)."""
+    with contextlib.suppress(OSError, ValueError):
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    return 32768, 60999
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now (it may be taken again at any moment).
+
+    Chosen at random *below* the kernel's ephemeral range when there is room: a broker keeps its ports across
+    ``restart()`` and ``kill()`` + ``start()``, and while it is down an outgoing connection could be handed a
+    port from the ephemeral range, its own included (seen on a busy machine: a restart refused, PortInUse).
 
     >>> 0 < free_port() < 65536
     True
     """
+    low, _ = _ephemeral_range()
+    if low > 11000:
+        for _ in range(50):
+            port = random.randrange(10000, low)
+            with socket.socket() as s, contextlib.suppress(OSError):
+                s.bind(("127.0.0.1", port))
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
