@@ -283,7 +283,7 @@ def _publish_unconfirmed_through_kill(broker: Broker, queue: str, n: int, kill_a
                 except (pika.exceptions.AMQPError, OSError):
                     time.sleep(0.2)
     killer.finish()
-    channel.queue_declare(queue, passive=True)   # answered after every publish before it
+    channel.queue_declare(queue, passive=True)   # a round trip: every publish before it has reached the broker
     connection.close()
     return believed, {"failed_publishes": failed, "republished": 0, "reconnects": None, "killed_at": killer.killed_at}
 
