@@ -125,7 +125,11 @@ class ReconnectingConsumer:
             sets its ``connection_name`` to ``name`` so that it can be found in the management API.
         queue: a durable queue that exists (after a restart it must still be there).
         work: ``work(job) -> result``; its result goes to ``store`` (idempotent on ``job_id``),
-            then the message is acked. A body that is not a job is rejected without requeue.
+            then the message is acked. A body that is not a job is rejected without requeue. If ``work``
+            (or ``before_ack``) raises, the consumer restarts as after a lost connection: its connection
+            closes, so the job and the others it held go back to the queue, and it reconnects after a backoff
+            (logged in :attr:`crashes`). It never dies of it; a job that fails every time comes back every
+            time, so bound it with the queue's ``x-delivery-limit`` and a dead-letter exchange (notebook 08).
         store: the :class:`ResultStore`.
         prefetch: unacked messages the broker may hand over at once.
         base_delay, max_delay: the backoff (see :func:`backoff_delay`).
@@ -167,6 +171,7 @@ class ReconnectingConsumer:
         self.base_delay, self.max_delay, self.deadline = base_delay, max_delay, deadline
         self.rng = random.Random(seed)
         self.reconnects: list[dict[str, Any]] = []
+        self.crashes: list[dict[str, Any]] = []   # work() or before_ack() raised: the consumer restarted
         self.connections = 0
         self.error: BaseException | None = None
         self.connected = threading.Event()
@@ -199,6 +204,13 @@ class ReconnectingConsumer:
             self.before_ack(job)               # (fault injection: the connection dies right here)
         channel.basic_ack(method.delivery_tag)  # raises if the connection died meanwhile: redelivered later
 
+    def _back_off(self, failures: int, error: BaseException, log: list[dict[str, Any]]) -> None:
+        """Record ``error`` in ``log`` and wait the backoff for ``failures`` failures in a row."""
+        delay = backoff_delay(failures, self.base_delay, self.max_delay, self.rng)
+        log.append({"t": round(time.monotonic() - self.started_at, 3), "failures": failures,
+                    "delay": round(delay, 3), "error": f"{type(error).__name__}: {error}"[:160]})
+        self._stop.wait(delay)
+
     def _run(self) -> None:
         failures = 0
         down_since: float | None = None
@@ -226,10 +238,11 @@ class ReconnectingConsumer:
                     self.error = BrokerUnreachable(f"no connection to {self.parameters.host}:{self.parameters.port} "
                                                    f"for {self.deadline:g} s; last error: {type(e).__name__}: {e}")
                     return
-                delay = backoff_delay(failures, self.base_delay, self.max_delay, self.rng)
-                self.reconnects.append({"t": round(time.monotonic() - self.started_at, 3), "failures": failures,
-                                        "delay": round(delay, 3), "error": f"{type(e).__name__}: {e}"[:160]})
-                self._stop.wait(delay)
+                self._back_off(failures, e, self.reconnects)
+            except Exception as e:   # work() or before_ack() raised: restart, never die (capacity lost silently)
+                self.connected.clear()
+                failures += 1
+                self._back_off(failures, e, self.crashes)   # the connection closes below: its unacked jobs return
             finally:
                 if connection is not None and connection.is_open:
                     try:

@@ -138,6 +138,7 @@ class ChaosDrill:
         self.sent = self.confirmed = self.republished = self.publisher_reconnects = self.done = 0
         self.error: BaseException | None = None
         self.poison: dict[str, str] = {}
+        self.held: dict[str, list[str]] = {}   # chaos event -> the jobs in hand (result stored, not acked) it hit
         self.uploaded: list[VoiceJob] = []
         self.events: list[dict[str, Any]] = []
         self.samples: list[dict[str, Any]] = []
@@ -225,8 +226,11 @@ class ChaosDrill:
     # -- the chaos events: each does it and says what it did -------------------------------------------------
 
     def kill_worker(self) -> str:
-        """SIGKILL worker process 0 (the fleet replaces it)."""
-        return f"SIGKILL worker process {self.fleet.kill(0)}"
+        """SIGKILL worker process 0 (the fleet replaces it) while its consumers hold a job before its ack."""
+        with self.fleet.holding(slot=0) as held:
+            pid = self.fleet.kill(0)
+        self.held["kill a worker process"] = held
+        return f"SIGKILL worker process {pid}, {len(held)} job(s) in hand (result stored, not acked)"
 
     def force_close(self) -> str:
         """Close every worker connection from the broker while the consumers hold a job before its ack."""
@@ -234,7 +238,8 @@ class ChaosDrill:
         with self.fleet.holding() as held:
             closed = self.mgmt.close_connections(WORKER_PREFIX, reason="voicelab chaos")
             time.sleep(0.3)   # the close reaches the consumers before their acks go out
-        return f"{closed} worker connections closed by the broker, {held} holding a job"
+        self.held["force-close connections"] = held
+        return f"{closed} worker connections closed by the broker, {len(held)} job(s) in hand"
 
     def inject_poison(self) -> str:
         """Publish :data:`POISON_BODIES`, ``poison_per_kind`` of each kind, confirmed."""
@@ -325,6 +330,10 @@ class ChaosDrill:
             dead_letters[d.job] += 1
         jobs = job_table(self.uploaded, self.service.status, self._expected, self.poison, reasons, self.ledger)
         counts = job_counts(jobs, uploads=self.n, confirmed=self.confirmed, left=left, dead_letters=dead_letters)
+        held = [key for keys in self.held.values() for key in keys]
+        counts["in hand at the worker kill and the forced close"] = len(held)
+        counts["of them, done again and not applied again"] = sum(
+            1 for key in held if self.ledger.handled[key] >= 2 and self.ledger.applied[key] == 1)
         if self.error is not None and counts["lost"]:
             counts["error"] = f"{type(self.error).__name__}: {self.error}"   # type: ignore[assignment]
         publisher = {"sent": self.sent, "confirmed": self.confirmed, "republished": self.republished,

@@ -103,7 +103,7 @@ def job_counts(jobs: pd.DataFrame, *, uploads: int, confirmed: int, left: int,
         "uploads confirmed": int(confirmed),
         "never uploaded": uploads - len(up),
         "done": int(done.sum()),
-        "done, applied once": int((done & (up["applied"] <= 1)).sum()),
+        "done, applied once": int((done & (up["applied"] == 1)).sum()),
         "handled twice or more, applied once": int((done & (up["handled"] >= 2) & (up["applied"] <= 1)).sum()),
         "applied twice": int((up["applied"] >= 2).sum()),
         "wrong results": int((up["right"] == False).sum()),  # noqa: E712

@@ -17,16 +17,18 @@ from __future__ import annotations
 import random
 import threading
 import time
-from typing import Any
+from collections import Counter
+from typing import Any, Iterable
 
 import matplotlib.pyplot as plt
 import pika
 import pika.exceptions
 
-from ..jobs import VoiceJob
+from ..jobs import BlobStore, VoiceJob
 from ..management import Management
 from ..queues import publish_bodies, queue_counts, reset_queue
-from ..reconnect import CONNECTION_ERRORS, ReconnectingConsumer, ResultStore
+from ..pipeline.results import ResultFiles
+from ..reconnect import CONNECTION_ERRORS, ReconnectingConsumer
 from .measure import add_caption
 
 
@@ -39,8 +41,11 @@ def run_through_faults(broker: Any, n: int = 200, faults: tuple[str, ...] = ("cl
     its result was applied, before its ack): ``"close"`` force-closes the
     consumer's connection through the management API; ``"restart"`` restarts
     the broker gracefully (needs a broker voicelab controls, e.g.
-    :func:`voicelab.broker.own_broker`). Returns the :meth:`ResultStore.counts`,
-    the reconnect log, the applied-over-time series and the fault times.
+    :func:`voicelab.broker.own_broker`). Results go to a
+    :class:`~voicelab.pipeline.ResultFiles` (files: they outlive the worker, as in notebook 08).
+    Returns the counts (``sent``, ``done once``, ``done twice but applied once``, ``lost``: no result on
+    disk), ``in flight at the faults`` (the job held at each fault) and how many of them were ``done again and
+    not applied again``, the reconnect log, the applied-over-time series and the fault times.
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an int >= 1, got {n!r}")
@@ -53,7 +58,50 @@ def run_through_faults(broker: Any, n: int = 200, faults: tuple[str, ...] = ("cl
     jobs = [VoiceJob.new(f"audio/{i}.wav", user_id=i) for i in range(n)]
     with broker.connect() as connection:
         reset_queue(connection.channel(), queue, arguments={"x-queue-type": "quorum"})
-    store = ResultStore()
+    with BlobStore.temporary() as blobs:
+        store = _CountedResults(ResultFiles(blobs))
+        report = _consume_through_faults(broker, queue, jobs, faults, store, job_seconds, timeout, seed)
+        report |= store.counts(j.job_id for j in jobs)
+    held = [f["job"] for f in report["faults"]]
+    report["in flight at the faults"] = held
+    report["of them, done again and not applied again"] = sum(
+        1 for j in held if store.handled[j] >= 2 and store.applied_by_call[j] == 1)
+    return report
+
+
+class _CountedResults:
+    """A :class:`~voicelab.pipeline.ResultFiles` (results on disk: they survive the worker, as in notebook 08)
+    that counts, per job, how often a worker handled it and how many of those calls applied it."""
+
+    def __init__(self, files: ResultFiles) -> None:
+        self.files = files
+        self.handled: Counter[str] = Counter()
+        self.applied_by_call: Counter[str] = Counter()
+
+    def apply(self, job_id: str, result: Any) -> bool:
+        applied = self.files.apply(job_id, result)
+        self.handled[job_id] += 1
+        self.applied_by_call[job_id] += applied
+        return applied
+
+    @property
+    def applied(self) -> int:
+        """Jobs applied by this run's calls (progress; :meth:`counts` reads the files)."""
+        return sum(1 for v in self.applied_by_call.values() if v)
+
+    def counts(self, sent: Iterable[str]) -> dict[str, int]:
+        """``sent``, ``done once``, ``done twice but applied once``, ``lost`` (no result on disk)."""
+        ids = list(sent)
+        stored = {j for j in ids if self.files.result(j) is not None}
+        return {"sent": len(ids), "done once": sum(1 for j in ids if self.handled[j] == 1 and j in stored),
+                "done twice but applied once": sum(1 for j in ids if self.handled[j] >= 2 and j in stored),
+                "lost": len(ids) - len(stored)}
+
+
+def _consume_through_faults(broker: Any, queue: str, jobs: list[VoiceJob], faults: tuple[str, ...],
+                            store: _CountedResults, job_seconds: float, timeout: float, seed: int) -> dict[str, Any]:
+    """Publish ``jobs`` to ``queue`` and consume them with a :class:`ReconnectingConsumer` through ``faults``."""
+    n = len(jobs)
     mgmt = Management(broker)
     name = f"voicelab-survive-{random.Random(seed).randrange(10**6)}"
     injector = _FaultInjector(broker, mgmt, name, store, {round(n * (k + 1) / (len(faults) + 1)): fault
@@ -87,7 +135,7 @@ def run_through_faults(broker: Any, n: int = 200, faults: tuple[str, ...] = ("cl
         channel.queue_delete(queue)
     if consumer.error is not None:
         raise consumer.error
-    return {**store.counts(j.job_id for j in jobs), "left in queue": left, "seconds": round(time.monotonic() - t0, 2),
+    return {"left in queue": left, "seconds": round(time.monotonic() - t0, 2),
             "connections": consumer.connections, "reconnects": consumer.reconnects, "faults": injector.log,
             "timeline": injector.timeline}
 
@@ -106,7 +154,7 @@ class _FaultInjector:
     """The ``before_ack`` of :func:`run_through_faults`: records progress, and at the jobs numbered in ``at``
     injects that fault while the job is in flight (its result applied, its ack not yet sent)."""
 
-    def __init__(self, broker: Any, mgmt: Management, name: str, store: ResultStore, at: dict[int, str]) -> None:
+    def __init__(self, broker: Any, mgmt: Management, name: str, store: _CountedResults, at: dict[int, str]) -> None:
         self.broker, self.mgmt, self.name, self.store, self.at = broker, mgmt, name, store, at
         self.consumer: ReconnectingConsumer | None = None
         self.started = 0

@@ -1,6 +1,6 @@
 """The source guide's patterns as written, kept to run them and watch them fail. DO NOT COPY.
 
-Each one names the section of the guide (``shared/seed/rabbitmq-guide.md``)
+Each one names the section of the guide (``docs/guide.md`` in the repository)
 it comes from, what is wrong with it, and where the course does it right.
 The course runs them on the real broker, in a child process where the
 failure must not take the notebook down, to show the failure rather than

@@ -96,6 +96,23 @@ def broker_caption(broker: Any) -> str:
     return f"RabbitMQ {broker.version} ({where}) on {machine()}"
 
 
+def broker_banner(broker: Any) -> str:
+    """What a notebook's first cell prints: the broker (version, backend, machine) and where to watch it.
+
+    The management UI is the best window on a broker while a lesson runs: its Queues tab shows the
+    messages of each cell arrive and leave.
+
+    Example::
+
+        print(broker_banner(broker))
+        # RabbitMQ 4.3.6 (container rabbitmq:4.3-management) on 2 cores ...
+        # management UI: http://127.0.0.1:49153 (log in as guest / guest)
+    """
+    ui = (f"management UI: {broker.management_url} (log in as {broker.username} / {broker.password})"
+          if broker.management_url else "management UI: not known for this broker (set VOICELAB_MANAGEMENT_URL)")
+    return f"{broker_caption(broker)}\n{ui}"
+
+
 CAPTION_GID = "voicelab-caption"
 
 

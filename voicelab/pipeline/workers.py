@@ -159,24 +159,28 @@ class PipelineConsumer(ReconnectingConsumer):
 # A worker process, and the fleet of them
 # ---------------------------------------------------------------------------
 
-def _hold_before_ack(hold_path: str, log: EventLog, job: VoiceJob) -> None:
-    """While the file ``hold_path`` exists (up to 10 s), hold ``job`` between its stored result and its ack."""
-    if os.path.exists(hold_path):
+def _hold_before_ack(hold_paths: tuple[str, ...], log: EventLog, job: VoiceJob) -> None:
+    """While one of the files ``hold_paths`` exists (up to 10 s), hold ``job`` between its stored result and its
+    ack."""
+    if any(os.path.exists(p) for p in hold_paths):
         log.write("holding", job.job_id)
         deadline = time.monotonic() + 10
-        while os.path.exists(hold_path) and time.monotonic() < deadline:
+        while any(os.path.exists(p) for p in hold_paths) and time.monotonic() < deadline:
             time.sleep(0.01)
 
 
-def _log_connections(consumers: list[PipelineConsumer], seen: list[tuple[int, int]], log: EventLog) -> None:
-    """Log each connection made and lost since ``seen`` (per consumer: connections, errors), then update it."""
+def _log_connections(consumers: list[PipelineConsumer], seen: list[tuple[int, int, int]], log: EventLog) -> None:
+    """Log each connection made and lost, and each crash (a consumer restarted after an unexpected error), since
+    ``seen`` (per consumer: connections, errors, crashes), then update it."""
     for i, c in enumerate(consumers):
-        connections, errors = c.connections, len(c.reconnects)
+        connections, errors, crashes = c.connections, len(c.reconnects), len(c.crashes)
         for _ in range(errors - seen[i][1]):
             log.write("connection-error", c.name)
+        for crash in c.crashes[seen[i][2]:crashes]:
+            log.write("crashed", f"{c.name} {crash['error']}")
         for _ in range(connections - seen[i][0]):
             log.write("connected", c.name)
-        seen[i] = (connections, errors)
+        seen[i] = (connections, errors, crashes)
 
 
 def _pipeline_worker_process(url: str, queue: str, blob_root: str, log_path: str, slot: int, threads: int,
@@ -185,8 +189,9 @@ def _pipeline_worker_process(url: str, queue: str, blob_root: str, log_path: str
 
     It stops when the file ``stop_path`` exists, or when its parent is gone. (Not a ``multiprocessing.Event``:
     setting one waits for every process that ever waited on it, and a process killed while waiting never answers.)
-    While the file ``hold_path`` exists, a consumer holds its job between storing the result and the ack (fault
-    injection: :meth:`Fleet.holding`). ``ready`` is released once every consumer is connected.
+    While the file ``hold_path`` (every process) or ``<hold_path>-<slot>`` (this one) exists, a consumer holds its
+    job between storing the result and the ack (fault injection: :meth:`Fleet.holding`). ``ready`` is released
+    once every consumer is connected.
     """
     parent = os.getppid()
     broker = UrlBroker(url)
@@ -194,11 +199,11 @@ def _pipeline_worker_process(url: str, queue: str, blob_root: str, log_path: str
     results = ResultFiles(blobs)
     log = EventLog(log_path)
     work = functools.partial(process_job, store=blobs, effort=effort)
-    before_ack = functools.partial(_hold_before_ack, hold_path, log)
+    before_ack = functools.partial(_hold_before_ack, (hold_path, f"{hold_path}-{slot}"), log)
     consumers = [PipelineConsumer(broker.parameters(), queue, work, results, name=f"{WORKER_PREFIX}-{slot}-{t}",
                                   prefetch=prefetch, deadline=120, log=log, before_ack=before_ack).start()
                  for t in range(threads)]
-    seen = [(0, 0)] * threads
+    seen = [(0, 0, 0)] * threads
     announced = False
     while not os.path.exists(stop_path) and os.getppid() == parent:
         _log_connections(consumers, seen, log)
@@ -267,24 +272,26 @@ class Fleet:
         return int(pid)
 
     @contextlib.contextmanager
-    def holding(self, timeout: float = 5.0) -> Iterator[int]:
-        """Inside the block, consumers hold each job between storing its result and acking it: a fault injected
-        there hits a job whose effect is applied and whose ack is not sent. Waits until one holds (up to
-        ``timeout`` s) and yields how many hold."""
-        before = self._count("holding")
-        self._hold_path.touch()
+    def holding(self, slot: int | None = None, timeout: float = 5.0) -> Iterator[list[str]]:
+        """Inside the block, consumers (of every process, or of process ``slot`` only) hold each job between
+        storing its result and acking it: a fault injected there hits a job whose effect is applied and whose ack
+        is not sent. Waits until one holds (up to ``timeout`` s) and yields the ids of the jobs held so far."""
+        logs = f"worker-{slot}-*.log" if slot is not None else "*.log"
+        before = len(self._keys("holding", logs))
+        path = self._hold_path if slot is None else self._hold_path.with_name(f"{self._hold_path.name}-{slot}")
+        path.touch()
         try:
             deadline = time.monotonic() + timeout
-            while self._count("holding") == before and time.monotonic() < deadline:
+            while len(self._keys("holding", logs)) == before and time.monotonic() < deadline:
                 time.sleep(0.01)
-            yield self._count("holding") - before
+            yield self._keys("holding", logs)[before:]
         finally:
-            self._hold_path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
 
-    def _count(self, event: str) -> int:
-        """How many ``event`` lines the workers' logs hold."""
-        return sum(e == event for path in self.log_dir.glob("*.log")
-                   for _, e, _ in _parse_events(path.read_text(errors="replace")))
+    def _keys(self, event: str, logs: str = "*.log") -> list[str]:
+        """The keys of the ``event`` lines in the workers' logs matching ``logs``, file by file, in order."""
+        return [k for path in sorted(self.log_dir.glob(logs))
+                for _, e, k in _parse_events(path.read_text(errors="replace")) if e == event]
 
     def supervise(self) -> list[int]:
         """Replace every worker process that died; return their slots."""
