@@ -43,10 +43,10 @@ def test_notebooks_are_committed_without_outputs() -> None:
     notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
     assert notebooks
     for path in notebooks:
-        assert re.fullmatch(r"\d\d_[a-z_]+\.ipynb", path.name), path.name
+        assert re.fullmatch(r"\d\d[a-z]?_[a-z_]+\.ipynb", path.name), path.name
         cells = json.loads(path.read_text())["cells"]
         dirty = [i for i, c in enumerate(cells) if c["cell_type"] == "code" and (c["outputs"] or c["execution_count"])]
-        assert not dirty, f"{path.name}: cells {dirty} have outputs; strip them before committing"
+        assert not dirty, f"{path.name}: cells {dirty} have outputs; `make strip` removes them before you commit"
 
 
 def test_doctor_names_the_backend_that_start_broker_would_take(monkeypatch) -> None:

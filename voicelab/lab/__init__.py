@@ -9,7 +9,8 @@ import the library and pandas/matplotlib; no library module imports the lab.
 - 03 prefetch: :mod:`~voicelab.lab.prefetch` (uneven jobs shared among consumers)
 - 04 concurrency: :mod:`~voicelab.lab.fleet` (process fleets, cores), :mod:`~voicelab.lab.heartbeats`
 - 05 durability: :mod:`~voicelab.lab.durability` (what survives restart and kill, costs of confirms)
-- 06 retries: :mod:`~voicelab.lab.retries`, :mod:`~voicelab.lab.faults`, :mod:`~voicelab.lab.bad_input`
+- 06 retries: :mod:`~voicelab.lab.retries`
+- 06b surviving failures: :mod:`~voicelab.lab.faults`, :mod:`~voicelab.lab.bad_input`
 - 07 monitoring: :mod:`~voicelab.lab.backlog`, :mod:`~voicelab.lab.alert_scenarios`,
   :mod:`~voicelab.lab.health_scenarios`, :mod:`~voicelab.lab.workload` (a paced publisher, timed consumers)
 - 08 capstone: :mod:`~voicelab.lab.chaos` (the drill), :mod:`~voicelab.lab.chaos_report` (its accounting and dashboard)

@@ -1,4 +1,4 @@
-"""Notebook 06's faults: jobs sent through forced closes and broker restarts to a reconnecting consumer.
+"""Notebook 06b's faults: jobs sent through forced closes and broker restarts to a reconnecting consumer.
 
 :func:`run_through_faults` sends jobs, force-closes the consumer's connection through the management
 API in the middle of a job, optionally restarts the broker, and counts: sent, done once, done twice

@@ -8,7 +8,7 @@ Glue around what the earlier chapters built, nothing more, in three modules:
   after a lost connection), and answers at once with the job id. :meth:`VoiceService.status` looks a job up by its
   id; :meth:`VoiceService.upload_and_wait` waits for the result, with a timeout, through Direct Reply-to.
 - :mod:`~voicelab.pipeline.workers`: :class:`Fleet`, worker *processes*, each running ``threads``
-  :class:`PipelineConsumer` threads. A :class:`PipelineConsumer` is notebook 06's
+  :class:`PipelineConsumer` threads. A :class:`PipelineConsumer` is notebook 06b's
   :class:`voicelab.reconnect.ReconnectingConsumer` (backoff, jitter, idempotent results) that also dead-letters what
   can never be done, with its reason (:func:`voicelab.retry.dead_letter`), and answers a caller who waits. A dead
   process is replaced. The workers' event logs (:class:`EventLog`, read back by :class:`LogTail`).

@@ -1,6 +1,6 @@
 """The capstone's workers: reconnecting consumers in worker processes, a fleet that replaces dead ones.
 
-- :class:`PipelineConsumer`: notebook 06's :class:`~voicelab.reconnect.ReconnectingConsumer`, plus dead letters
+- :class:`PipelineConsumer`: notebook 06b's :class:`~voicelab.reconnect.ReconnectingConsumer`, plus dead letters
   with a reason and replies to a caller who waits.
 - :func:`_pipeline_worker_process`: the body of one worker process (``threads`` consumers).
 - :class:`Fleet`: ``processes`` worker processes; :meth:`Fleet.supervise` replaces the dead ones.
@@ -96,7 +96,7 @@ class LogTail:
 
 
 # ---------------------------------------------------------------------------
-# The consumer: notebook 06's reconnecting consumer, plus dead letters with a reason and replies
+# The consumer: notebook 06b's reconnecting consumer, plus dead letters with a reason and replies
 # ---------------------------------------------------------------------------
 
 class PipelineConsumer(ReconnectingConsumer):
