@@ -134,13 +134,14 @@ def test_wrong_backend_name_says_which() -> None:
         vb.make_broker("rabit")  # type: ignore[arg-type]
 
 
-def test_missing_image_without_registry_says_how_to_build_one() -> None:
+def test_missing_image_without_registry_says_how_to_build_one(capfd: pytest.CaptureFixture[str]) -> None:
     ok, detail = vb.docker_engine()
     if not ok:
         pytest.skip(detail)
     with pytest.raises(vb.BrokerUnavailable) as e:
         vb.ContainerBroker("voicelab/no-such-image:0.0").start()
     assert "build-image" in str(e.value) and "VOICELAB_RABBITMQ_IMAGE" in str(e.value)
+    assert "pulling the Docker image voicelab/no-such-image:0.0" in capfd.readouterr().err, "a pull says so first"
 
 
 def test_own_broker_is_controllable_even_with_a_url(each_backend: vb.Broker, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -154,3 +155,21 @@ def test_own_broker_is_controllable_even_with_a_url(each_backend: vb.Broker, mon
             pass
     with pytest.raises(pika.exceptions.AMQPConnectionError):
         mine.connect(connection_attempts=1, socket_timeout=2)
+
+
+@pytest.mark.parametrize("backend", ["container", "local"])
+def test_unknown_settings_are_refused_naming_them(backend: str) -> None:
+    """RabbitMQ ignores a `-rabbit NAME VALUE` it does not know: the broker is asked which names it knows."""
+    from helpers import images, require
+
+    require(backend)
+    settings = {"bogus": 1, "consumer_timout": 2000, "consumer_timeout": 2000}
+    if backend == "container":   # through own_broker, as a lesson calls it
+        with pytest.raises(ValueError, match=r"'bogus', 'consumer_timout' \(did you mean 'consumer_timeout'\?\)"):
+            with vb.own_broker(images()[-1], settings=settings):
+                pass
+        return
+    broker = vb.LocalBroker(settings=settings)
+    with pytest.raises(ValueError, match=r"'bogus'.*not settings of RabbitMQ \d"):
+        broker.start()
+    assert not vb.is_live(broker) and not broker._running(), "the refused broker was stopped"

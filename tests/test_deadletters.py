@@ -84,7 +84,7 @@ def test_cli_lists_replays_and_purges(filled) -> None:
     listing = cli("list", queue)
     assert "3 message(s)" in listing and "rejected" in listing and "poison" in listing
     assert "replayed 1 message(s)" in cli("replay", queue, "--job", rejected.job_id)
-    assert "purged 2 message(s)" in cli("purge", queue)
+    assert "purged 2 message(s)" in cli("purge", queue, "--yes")   # purge asks first without --yes (test_cli)
     with broker.connect() as connection:
         assert queue_counts(connection.channel(), queue) == 1
 

@@ -37,6 +37,15 @@ def test_malformed_jobs_say_what_is_wrong(body: bytes, field: str) -> None:
         VoiceJob.from_json(body)
 
 
+@pytest.mark.parametrize("blob_key, user_id, field", [
+    ("", 1, "blob_key"), ("  ", 1, "blob_key"), (None, 1, "blob_key"), ("audio/a.wav", -1, "user_id"),
+    ("audio/a.wav", "7", "user_id"), ("audio/a.wav", True, "user_id"), ("", -1, "blob_key"),
+])
+def test_a_job_that_could_never_be_done_is_refused(blob_key, user_id, field) -> None:
+    with pytest.raises(ValueError, match=field):
+        VoiceJob.new(blob_key, user_id)
+
+
 def test_process_job_claim_check_and_results() -> None:
     with BlobStore.temporary() as store:
         job = VoiceJob.new(store.put(wav_bytes(synth_speech(1, seed=6))), user_id=9)

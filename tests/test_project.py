@@ -39,6 +39,18 @@ def test_pyproject_and_environment_yml_agree() -> None:
     assert {"pip": ["-e ."]} in env["dependencies"]
 
 
+def test_one_python_floor_that_the_code_honours() -> None:
+    """pyproject.toml and environment.yml name the same Python floor, and it is the one the code needs:
+    the tests import tomllib (3.11), so a floor below 3.11 would promise a suite that cannot run."""
+    floor = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda_python = next(d for d in env["dependencies"] if isinstance(d, str) and _name(d) == "python")
+    assert floor == ">=3.11" and conda_python == "python>=3.11", (floor, conda_python)
+    needs_311 = [p.name for p in [*ROOT.glob("tests/*.py"), *ROOT.glob("voicelab/**/*.py")]
+                 if re.search(r"^\s*(import tomllib|from tomllib)", p.read_text(), re.M)]
+    assert needs_311, "nothing needs 3.11 any more: the floor may go down again (and this test with it)"
+
+
 def test_notebooks_are_committed_without_outputs() -> None:
     notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
     assert notebooks

@@ -11,8 +11,9 @@ import pytest
 
 from helpers import images, start_backend
 from voicelab.lab.durability import wait_metadata_flush
+from voicelab.jobs import VoiceJob
 from voicelab.publishing import BrokerGone, PublishFailed, ReliablePublisher, publish_confirmed
-from voicelab.queues import drain
+from voicelab.queues import drain, publish_job
 
 
 def _queue(channel) -> str:
@@ -31,6 +32,38 @@ def test_every_body_confirmed_and_in_the_queue(any_broker, channel) -> None:
     report = ReliablePublisher(any_broker.parameters(), window=50).publish(queue, bodies)
     assert sorted(report.confirmed) == list(range(2000)) and report.unconfirmed == []
     assert sorted(_bodies_in(channel, queue), key=int) == bodies
+    channel.queue_delete(queue)
+
+
+@pytest.mark.parametrize("form", ["url string", "pika.URLParameters"])
+def test_an_amqp_url_or_url_parameters_are_accepted(any_broker, channel, form) -> None:
+    queue = _queue(channel)
+    parameters = any_broker.amqp_url if form == "url string" else pika.URLParameters(any_broker.amqp_url)
+    report = ReliablePublisher(parameters).publish(queue, [b"a", b"b"])
+    assert report.unconfirmed == [] and _bodies_in(channel, queue) == [b"a", b"b"]
+    channel.queue_delete(queue)
+
+
+@pytest.mark.parametrize("parameters", [("127.0.0.1", 5672), "localhost:5672"])
+def test_parameters_of_another_kind_are_refused_naming_them(parameters) -> None:
+    with pytest.raises(ValueError, match="parameters"):
+        ReliablePublisher(parameters)  # type: ignore[arg-type]
+
+
+def test_publish_job_refuses_a_channel_without_confirms(any_broker, channel) -> None:
+    """Without confirms a job for a missing queue would vanish: publish_job refuses before publishing."""
+    job = VoiceJob.new("audio/a.wav", 1)
+    with pytest.raises(ValueError, match="confirm_delivery"):
+        publish_job(channel, "no.such.queue", job)
+    queue = _queue(channel)
+    with pytest.raises(ValueError, match="not in confirm mode"):
+        publish_job(channel, queue, job)
+    assert _bodies_in(channel, queue) == [], "nothing was published"
+    channel.confirm_delivery()
+    with pytest.raises(pika.exceptions.UnroutableError):
+        publish_job(channel, "no.such.queue", job)   # in confirm mode: the loss is an error
+    publish_job(channel, queue, job)
+    assert _bodies_in(channel, queue) == [job.to_json()]
     channel.queue_delete(queue)
 
 

@@ -1,15 +1,16 @@
-"""``python -m voicelab``: check the machine, run a broker, build an offline broker image.
+"""``python -m voicelab``: check the machine, run a broker, look after a dead-letter queue, measure, build an image.
 
-- ``doctor [--ensure]``: what is available, which backend would be used and why.
-  ``--ensure`` exits non-zero with what to install when no broker can be had
-  (as root on Debian/Ubuntu it installs ``rabbitmq-server`` itself and says so).
-- ``broker [--backend B] [--image I]``: start a broker, print its URLs, stay up until Ctrl-C.
-- ``build-image SUITE TAG``: build a RabbitMQ image from Debian packages, no registry needed.
-- ``dlq list|replay|purge QUEUE [--job ID ...] [--url URL]``: the dead-letter queue of ``QUEUE``
+- ``doctor [--ensure] [--yes]``: what is available, which backend would be used and why.
+  ``--ensure`` exits non-zero with what to install when no broker can be had; as root on
+  Debian/Ubuntu it offers to install ``rabbitmq-server`` and asks first (``--yes``: without asking, for CI).
+- ``broker [--backend B] [--image I]``: start a broker, print its AMQP and management URLs, stay up until Ctrl-C.
+- ``dlq list|replay|purge QUEUE [--job ID ...] [--url URL] [--yes]``: the dead-letter queue of ``QUEUE``
   (``QUEUE.dlq``) on the broker at ``--url`` or ``VOICELAB_AMQP_URL``: what is in it and why,
-  send messages back to ``QUEUE``, or empty it.
+  send messages back to ``QUEUE``, or empty it (``purge`` asks first; ``--yes`` does not).
 - ``bench [--repeats N] [--scale S] [--csv PATH] [--backend B] [--image I]``: publish and consume rates
   on a broker it starts and stops, with repeats, ratios and their targets (see :mod:`voicelab.bench`).
+- ``build-image SUITE TAG``: build a RabbitMQ image from Debian packages, no registry needed.
+- ``--version``: voicelab's version (and pika's, Python's).
 """
 
 from __future__ import annotations
@@ -43,6 +44,15 @@ def _version(pkg: str) -> str:
         return "not installed"
 
 
+def version_line() -> str:
+    """What ``--version`` prints: voicelab's version, then pika's and Python's.
+
+    >>> version_line().startswith("voicelab ")
+    True
+    """
+    return f"voicelab {_version('voicelab')} (pika {_version('pika')}, Python {platform.python_version()})"
+
+
 def install_advice() -> str:
     """What to install on this OS to get a broker."""
     system = platform.system()
@@ -57,8 +67,30 @@ def install_advice() -> str:
     return "install Docker, or rabbitmq-server from your package manager or conda-forge"
 
 
-def doctor(ensure: bool = False) -> int:
-    """Print what this machine offers; with ``ensure``, make sure a broker can be had."""
+def confirm(question: str, yes: bool = False) -> bool:
+    """Ask ``question`` on the terminal; True only for an answer starting with y (or when ``yes``).
+
+    No answer (stdin closed or not a terminal that answers) is a no: nothing is done unasked.
+
+    >>> confirm("Delete everything?", yes=True)
+    True
+    """
+    if yes:
+        return True
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        print("\n(no answer: taken as no)", file=sys.stderr)
+        return False
+    return answer.strip().lower().startswith("y")
+
+
+def doctor(ensure: bool = False, yes: bool = False) -> int:
+    """Print what this machine offers; with ``ensure``, make sure a broker can be had.
+
+    As root on Debian/Ubuntu, ``ensure`` offers to install ``rabbitmq-server`` with apt-get and asks
+    first, unless ``yes``. Returns the exit status: 0 when a broker can be had, 1 when not.
+    """
     print(f"voicelab doctor: Python {platform.python_version()} on {platform.system()} {platform.machine()}, "
           f"{os.cpu_count()} cores")
     for pkg in ("pika", "testcontainers", "docker", "requests"):
@@ -86,6 +118,11 @@ def doctor(ensure: bool = False) -> int:
         print(vb.HOW_TO_GET_A_BROKER)
         return 0
     if Path("/etc/debian_version").exists() and os.geteuid() == 0 and shutil.which("apt-get"):
+        if not confirm("-> install Debian's rabbitmq-server package now (apt-get install rabbitmq-server, about "
+                       "10 s; voicelab starts private nodes from it, never the system service)?", yes):
+            print("not installed (`python -m voicelab doctor --ensure --yes` installs without asking).\n"
+                  f"To get a broker here: {install_advice()}\n{vb.HOW_TO_GET_A_BROKER}", file=sys.stderr)
+            return 1
         print("-> installing Debian's rabbitmq-server package (apt-get install rabbitmq-server) ...", flush=True)
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         subprocess.run(["apt-get", "update", "-q"], check=False, env=env)
@@ -237,20 +274,22 @@ def _bench(backend: str, image: str | None, repeats: int, scale: float | None, c
 DLQ_ACTIONS = ("list", "replay", "purge")
 
 
-def dlq(action: str, queue: str, url: str, jobs: list[str] | None = None) -> int:
+def dlq(action: str, queue: str, url: str, jobs: list[str] | None = None, yes: bool = False) -> int:
     """``python -m voicelab dlq ACTION QUEUE``: list, replay or purge the DLQ of ``queue`` on the broker at ``url``.
 
     ``queue`` is the work queue or its DLQ (``QUEUE.dlq``). A broker that cannot
     be reached, or a DLQ that does not exist, is one line on stderr and exit status 1.
+    ``purge`` says how many messages it would delete and asks first, unless ``yes``;
+    without a yes it deletes nothing and returns 1.
     """
     if action not in DLQ_ACTIONS:
         raise ValueError(f"action must be one of {DLQ_ACTIONS}, got {action!r}")
     if not queue or not isinstance(queue, str):
         raise ValueError(f"queue must be a non-empty name, got {queue!r}")
-    return run_verb(lambda stop: _dlq(action, queue, url, jobs))
+    return run_verb(lambda stop: _dlq(action, queue, url, jobs, yes))
 
 
-def _dlq(action: str, queue: str, url: str, jobs: list[str] | None) -> int:
+def _dlq(action: str, queue: str, url: str, jobs: list[str] | None, yes: bool = False) -> int:
     from .broker.base import explain_connect_error
     from .deadletters import dead_letter_frame, list_dead_letters, purge, replay
     from .queues import dlq_name
@@ -272,6 +311,10 @@ def _dlq(action: str, queue: str, url: str, jobs: list[str] | None) -> int:
         elif action == "replay":
             print(f"replayed {replay(channel, queue, jobs or None)} message(s) from {dead}")
         else:
+            waiting = int(channel.queue_declare(dead, passive=True).method.message_count)  # 404 if missing
+            if waiting and not confirm(f"delete the {waiting} message(s) in {dead} for good?", yes):
+                print(f"not purged: {dead} keeps its messages (--yes purges without asking)", file=sys.stderr)
+                return 1
             print(f"purged {purge(channel, queue)} message(s) from {dead}")
     return 0
 
@@ -284,9 +327,12 @@ def build_image(suite: str, tag: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m voicelab", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("doctor", help="what is available and which backend would be used")
-    d.add_argument("--ensure", action="store_true", help="fail (or install, as root on Debian) when no broker")
+    d.add_argument("--ensure", action="store_true", help="fail when no broker can be had (as root on Debian: "
+                   "offer to install rabbitmq-server, asking first)")
+    d.add_argument("--yes", action="store_true", help="with --ensure: install without asking (CI)")
     b = sub.add_parser("broker", help="start a broker and keep it up until Ctrl-C")
     b.add_argument("--backend", default="auto", choices=["auto", "url", "container", "local"])
     b.add_argument("--image", default=None, help="Docker image (default: $VOICELAB_RABBITMQ_IMAGE or "
@@ -300,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--job", action="append", help="replay only this job id (repeat for several)")
     q.add_argument("--url", default=os.environ.get("VOICELAB_AMQP_URL"), help="AMQP URL "
                    "(default: $VOICELAB_AMQP_URL)")
+    q.add_argument("--yes", action="store_true", help="purge without asking")
     n = sub.add_parser("bench", help="publish/consume rates with repeats and ratios on a broker it starts")
     n.add_argument("--backend", default="auto", choices=["auto", "url", "container", "local"])
     n.add_argument("--image", default=None, help="Docker image (default: $VOICELAB_RABBITMQ_IMAGE or "
@@ -311,12 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         return bench(args.backend, args.image, args.repeats, args.scale, args.csv)
     if args.command == "doctor":
-        return doctor(args.ensure)
+        return doctor(args.ensure, args.yes)
     if args.command == "broker":
         return run_broker(args.backend, args.image)
     if args.command == "dlq":
         if not args.url:
             print("error: dlq needs a broker: pass --url amqp://... or set VOICELAB_AMQP_URL", file=sys.stderr)
             return 2
-        return dlq(args.action, args.queue, args.url, args.job)
+        return dlq(args.action, args.queue, args.url, args.job, args.yes)
     return build_image(args.suite, args.tag)

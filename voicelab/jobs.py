@@ -169,6 +169,22 @@ class VoiceJob:
 
     @classmethod
     def new(cls, blob_key: str, user_id: int) -> "VoiceJob":
+        """A job with a fresh ``job_id`` for the audio at ``blob_key`` of user ``user_id``.
+
+        Refuses, naming the field, a job that could never be done: an empty ``blob_key`` (no audio
+        to fetch) or a ``user_id`` that is not an int >= 0.
+
+        >>> VoiceJob.new("audio/a.wav", user_id=7).blob_key
+        'audio/a.wav'
+        >>> VoiceJob.new("", user_id=7)
+        Traceback (most recent call last):
+        ...
+        ValueError: blob_key must be the non-empty key of the audio in the blob store, got ''
+        """
+        if not isinstance(blob_key, str) or not blob_key.strip():
+            raise ValueError(f"blob_key must be the non-empty key of the audio in the blob store, got {blob_key!r}")
+        if isinstance(user_id, bool) or not isinstance(user_id, int) or user_id < 0:
+            raise ValueError(f"user_id must be an int >= 0, got {user_id!r}")
         return cls(job_id=uuid.uuid4().hex, blob_key=blob_key, user_id=user_id)
 
     def to_json(self) -> bytes:

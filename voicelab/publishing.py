@@ -29,6 +29,7 @@ Example::
         connection.channel().queue_declare("jobs", durable=True)
     report = ReliablePublisher(broker.parameters(), window=100, deadline=30).publish("jobs", [b"a", b"b"])
     report.confirmed            # [0, 1]: the indexes of the bodies the broker confirmed
+    ReliablePublisher(broker.amqp_url).publish("jobs", [b"c"])   # an AMQP URL works as well
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import pika
+import pika.connection
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
@@ -154,7 +156,8 @@ class ReliablePublisher:
     """Publish with asynchronous confirms on ``SelectConnection``; reconnect and republish until confirmed.
 
     Args:
-        parameters: pika connection parameters (``broker.parameters()``) or an AMQP URL.
+        parameters: pika connection parameters (``broker.parameters()``), ``pika.URLParameters``, or an AMQP
+            URL string (``broker.amqp_url``, ``"amqp://guest:guest@localhost:5672/%2F"``).
         window: most messages outstanding (published, not yet confirmed) at once.
         deadline: seconds the broker may stay unreachable before :class:`BrokerGone`.
         retry_delay: seconds between reconnection attempts.
@@ -178,9 +181,12 @@ class ReliablePublisher:
         _positive("retry_delay", retry_delay)
         _positive("max_returns", max_returns, integer=True)
         if isinstance(parameters, str):
+            if not parameters.startswith(("amqp://", "amqps://")):
+                raise ValueError(f"parameters: an AMQP URL starts with amqp:// or amqps://, got {parameters!r}")
             parameters = pika.URLParameters(parameters)
-        if not isinstance(parameters, pika.ConnectionParameters):
-            raise ValueError(f"parameters must be pika.ConnectionParameters or an AMQP URL, got {parameters!r}")
+        if not isinstance(parameters, pika.connection.Parameters):  # ConnectionParameters or URLParameters
+            raise ValueError("parameters must be pika.ConnectionParameters, pika.URLParameters or an AMQP URL "
+                             f"string, got {type(parameters).__name__}: {parameters!r}")
         self.parameters = parameters
         self.window, self.deadline, self.retry_delay = window, deadline, retry_delay
         self.batch, self.mandatory, self.max_returns = batch, mandatory, max_returns

@@ -101,12 +101,18 @@ def job_properties(**extra: Any) -> pika.BasicProperties:
 
 
 def publish_job(channel: BlockingChannel, queue: str, job: VoiceJob | dict[str, Any]) -> None:
-    """Publish ``job`` to ``queue`` through the default exchange as persistent JSON.
+    """Publish ``job`` to ``queue`` through the default exchange as persistent JSON, ``mandatory``, confirmed.
 
-    Persistence alone does not make a publish safe: call
-    ``channel.confirm_delivery()`` once on the channel so that this call waits
-    for the broker's confirm and raises if the broker refused the message.
+    Persistence alone does not make a publish safe: the channel must be in
+    confirm mode (``channel.confirm_delivery()``, once), so that this call waits
+    for the broker's confirm and raises ``pika.exceptions.UnroutableError`` when
+    no queue ``queue`` took the job, or ``NackError`` when the broker refused it.
+    On a channel without confirms it raises ``ValueError`` before publishing: the
+    job could be dropped without a word (the course's first lesson).
     """
+    if not getattr(channel, "_delivery_confirmation", False):  # pika keeps the mode there
+        raise ValueError("channel is not in confirm mode: a job no queue takes would be lost without an error. "
+                         "Call channel.confirm_delivery() once on this channel, then publish_job")
     body = job.to_json() if isinstance(job, VoiceJob) else json.dumps(job).encode()
     channel.basic_publish(exchange="", routing_key=queue, body=body, properties=job_properties(), mandatory=True)
 

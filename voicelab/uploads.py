@@ -10,6 +10,7 @@ Example::
     with broker.connect() as connection:
         channel = connection.channel()
         declare_job_queue(channel, "voice_jobs")
+        channel.confirm_delivery()                                  # publish_job refuses a channel without
         reply = upload_queued(audio, store, channel, "voice_jobs", user_id=7)   # answers at once
 """
 

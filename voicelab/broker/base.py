@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import difflib
 import os
 import random
 import re
@@ -25,6 +26,7 @@ import socket
 import subprocess
 import time
 import urllib.parse
+import warnings
 import weakref
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -71,6 +73,35 @@ def check_settings(settings: Mapping[str, int] | None) -> dict[str, int]:
             raise ValueError(f"settings[{name!r}] must be an integer (milliseconds, bytes, ...), got {value!r}")
         out[name] = value
     return out
+
+
+KNOWN_SETTINGS_EXPR = (
+    # Erlang, run on the node by `rabbitmqctl eval`: the names its own RabbitMQ knows, as defaults of the rabbit
+    # application (its rabbit.app) or as rabbitmq.conf mappings (its rabbit.schema), and which of NAMES are not.
+    '{ok,[{application,rabbit,K}]}=file:consult(filename:join([code:lib_dir(rabbit),"ebin","rabbit.app"])),'
+    'M=case file:read_file(filename:join([code:priv_dir(rabbit),"schema","rabbit.schema"])) of'
+    ' {ok,S} -> case re:run(S,"\\"rabbit\\\\.([a-z0-9_]+)",[global,{capture,all_but_first,list}]) of'
+    ' {match,X} -> lists:append(X); _ -> [] end; _ -> [] end,'
+    'Known=[atom_to_list(A)||{A,_}<-proplists:get_value(env,K,[])]++M,'
+    '{[N||N<-NAMES,not lists:member(N,Known)],list_to_binary(lists:join(" ",lists:usort(Known)))}.'
+)
+
+
+def unknown_settings_error(unknown: list[str], known: str, version: str) -> ValueError:
+    """The error for settings a broker does not know: each name, and a near name when there is one.
+
+    >>> str(unknown_settings_error(["consumer_timout"], "consumer_timeout heartbeat", "4.3.6")).split(";")[0]
+    "settings: 'consumer_timout' (did you mean 'consumer_timeout'?) is not a setting of RabbitMQ 4.3.6's rabbit application"
+    """
+    names = known.split()
+    said = []
+    for name in unknown:
+        near = difflib.get_close_matches(name, names, n=1)
+        said.append(f"{name!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+    return ValueError(f"settings: {', '.join(said)} {'is not a setting' if len(said) == 1 else 'are not settings'} "
+                      f"of RabbitMQ {version}'s rabbit application; the broker would ignore "
+                      f"{'it' if len(said) == 1 else 'them'} silently, so it was stopped (names as in "
+                      "advanced.config, e.g. 'consumer_timeout')")
 
 
 def erl_args(settings: Mapping[str, int]) -> str:
@@ -333,6 +364,8 @@ class Broker(ABC):
                 if watch:
                     reaper.watch(**watch)
                 self.wait_ready()
+                if fresh and self.settings:
+                    self._refuse_unknown_settings()
                 return self
             except PortInUse as e:
                 last = e
@@ -412,6 +445,32 @@ class Broker(ABC):
 
     def _check_alive(self) -> None:
         """Raise (with the broker's log) when it died during start-up; :class:`PortInUse` for a taken port."""
+
+    def _rabbitmqctl(self, *args: str) -> tuple[int, str]:
+        """Run ``rabbitmqctl ARGS`` against this broker's node: ``(exit status, output)``."""
+        raise BrokerControlError(f"{type(self).__name__} cannot run rabbitmqctl")
+
+    def _refuse_unknown_settings(self) -> None:
+        """Raise ``ValueError`` naming each of :attr:`settings` that this broker's RabbitMQ does not know.
+
+        RabbitMQ keeps any ``-rabbit NAME VALUE`` it is given and ignores a name it does not know, so a
+        misspelt setting would start a broker without it. The running node is asked which names its
+        ``rabbit`` application has a default for (``rabbit.app``) or maps from ``rabbitmq.conf``
+        (``rabbit.schema``): the names of that very version. When the node cannot be asked, a warning says so.
+        """
+        names = "[" + ",".join(f'"{name}"' for name in self.settings) + "]"  # check_settings: [a-z0-9_]
+        try:
+            code, out = self._rabbitmqctl("eval", KNOWN_SETTINGS_EXPR.replace("NAMES", names))
+        except Exception as e:  # noqa: BLE001 - a check that cannot run must not stop a lesson
+            code, out = -1, str(e)
+        found = re.fullmatch(r'\s*\{\[(.*?)\],\s*<<"(.*)">>\}\s*', out, re.DOTALL) if code == 0 else None
+        if found is None:
+            warnings.warn(f"could not check the settings {sorted(self.settings)} against the broker "
+                          f"(rabbitmqctl said: {out.strip()[:200]!r})", stacklevel=3)
+            return
+        unknown = re.findall(r'"([a-z0-9_]+)"', found.group(1))
+        if unknown:
+            raise unknown_settings_error(unknown, found.group(2), self.version)
 
     def _log_tail(self) -> str:
         return ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import uuid
 from typing import Any, Mapping
 
@@ -27,6 +28,27 @@ def testcontainers_env() -> None:
     if not docker_host or docker_host.startswith("unix://"):
         os.environ.setdefault("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
         os.environ.setdefault("TESTCONTAINERS_HOST_OVERRIDE", "127.0.0.1")
+
+
+def say(message: str) -> None:
+    """Report a slow step on stderr as it starts (a notebook cell would otherwise sit silent)."""
+    print(f"voicelab: {message}", file=sys.stderr, flush=True)
+
+
+def rabbitmq_container_class() -> type:
+    """testcontainers' ``RabbitMqContainer``: ``testcontainers.community.rabbitmq`` (4.15 on) or
+    ``testcontainers.rabbitmq`` (up to 4.14, e.g. conda-forge's 4.14.1); the same class and arguments.
+    Sets :func:`testcontainers_env` first: testcontainers reads it at import.
+
+    >>> rabbitmq_container_class().__name__
+    'RabbitMqContainer'
+    """
+    testcontainers_env()
+    try:
+        from testcontainers.community.rabbitmq import RabbitMqContainer
+    except ImportError:
+        from testcontainers.rabbitmq import RabbitMqContainer  # type: ignore[no-redef]
+    return RabbitMqContainer
 
 
 def offline_image_help(image: str) -> str:
@@ -80,10 +102,9 @@ class ContainerBroker(Broker):
         if self._container is not None:  # after kill(): the same container, its data and ports
             self._start_wrapped()
             return
-        testcontainers_env()
-        from testcontainers.community.rabbitmq import RabbitMqContainer
-
+        RabbitMqContainer = rabbitmq_container_class()
         if not image_present(self.image):
+            say(f"pulling the Docker image {self.image} (once; a few minutes on a slow connection) ...")
             said = pull_image(self.image)
             if said is not None:
                 raise BrokerUnavailable(f"{offline_image_help(self.image)}\n(docker said: {said})")
@@ -130,6 +151,10 @@ class ContainerBroker(Broker):
         wrapped.reload()
         if wrapped.status == "exited":
             raise BrokerError(f"the RabbitMQ container exited during start-up{self._log_tail()}")
+
+    def _rabbitmqctl(self, *args: str) -> tuple[int, str]:
+        result = self._wrapped().exec_run(["rabbitmqctl", *args])
+        return int(result.exit_code), result.output.decode(errors="replace")
 
     def _log_tail(self) -> str:
         with contextlib.suppress(Exception):

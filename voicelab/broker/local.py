@@ -38,10 +38,12 @@ def find_rabbitmq_server() -> str | None:
 
     As root on Debian the ``/usr/sbin`` wrapper would switch to the ``rabbitmq``
     user, who cannot write our temporary folder, so the real script is used.
-    ``VOICELAB_RABBITMQ_SERVER`` names another one.
+    ``VOICELAB_RABBITMQ_SERVER`` names another one; ``none`` hides any installed one (to see what a
+    machine without it gets).
     """
     if os.environ.get("VOICELAB_RABBITMQ_SERVER"):
-        return os.environ["VOICELAB_RABBITMQ_SERVER"]
+        named = os.environ["VOICELAB_RABBITMQ_SERVER"]
+        return None if named == "none" else named
     debian = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
     if hasattr(os, "geteuid") and os.geteuid() == 0 and debian.exists():
         return str(debian)
@@ -172,6 +174,14 @@ class LocalBroker(Broker):
             raise PortInUse(self._taken_port(logs), f"; rabbitmq-server said:{tail}")
         if self._proc is None or self._proc.poll() is not None:
             raise BrokerError(f"rabbitmq-server ({self.server}) exited during start-up{tail}")
+
+    def _rabbitmqctl(self, *args: str) -> tuple[int, str]:
+        assert self.dir is not None
+        ctl = Path(self.server).with_name("rabbitmqctl")
+        done = subprocess.run([str(ctl) if ctl.exists() else "rabbitmqctl", "-n", self.node, *args],
+                              env=self._env(self.dir), cwd=self.dir, capture_output=True, text=True, timeout=60,
+                              check=False)
+        return done.returncode, done.stdout + done.stderr
 
     def _taken_port(self, log: str) -> int:
         """Which of the node's ports its log says it could not bind (the AMQP port when it does not say)."""
