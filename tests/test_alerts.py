@@ -3,32 +3,45 @@ none fires on a healthy queue or a burst that drains; the guide's fixed depth ge
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from voicelab import alerts
-from voicelab.lab import alert_scenarios
 from voicelab import broker as vb
-from voicelab.exercises import ch07
-
-EXPECTED = {"backlog growing": "growing backlog", "no consumers": "no consumers", "DLQ not empty": "dead letters",
-            "low utilisation": "slow consumers", "drain too slow": "growing backlog"}
+from voicelab.lab import alert_scenarios
 
 
-def test_each_rule_fires_on_its_scenario_and_stays_quiet_when_healthy(any_broker: vb.Broker) -> None:
+@pytest.fixture(scope="module")
+def fired(any_broker: vb.Broker) -> pd.DataFrame:
     samples = alert_scenarios.run_scenarios(any_broker, seconds=9.0)
     rules = {**alerts.default_rules(), "guide": alert_scenarios.guide_rule()}
-    fired = alert_scenarios.fired(alerts.evaluate(rules, samples))
-    for rule, scenario in EXPECTED.items():
+    return alert_scenarios.fired(alerts.evaluate(rules, samples))
+
+
+def test_each_rule_fires_on_its_scenario_and_stays_quiet_when_healthy(fired: pd.DataFrame) -> None:
+    assert set(alert_scenarios.TRIPS) == set(alerts.default_rules())
+    for rule, scenario in alert_scenarios.TRIPS.items():
         assert fired.loc[scenario, rule], (rule, fired)
         assert not fired.loc["healthy", rule], (rule, fired)
         assert not fired.loc["burst that drains", rule], (rule, fired)
     assert fired.loc["burst that drains", "guide"] and not fired.loc["no consumers", "guide"]
 
 
-def test_rules_on_the_recorded_scenarios() -> None:
-    fired = alert_scenarios.fired(alerts.evaluate(alerts.default_rules(), ch07.recorded()))
-    assert fired.loc["growing backlog", "backlog growing"] and fired.loc["no consumers", "no consumers"]
-    assert not fired.loc["healthy"].any() and not fired.loc["burst that drains"].any(), fired
+def test_no_consumers_needs_waiting_messages_and_dlq_alerts_on_growth(fired: pd.DataFrame) -> None:
+    assert fired.loc["stalled backlog", "no consumers"] and not fired.loc["stalled backlog", "backlog growing"]
+    assert not fired.loc["idle, no consumers"].any(), fired.loc["idle, no consumers"]
+    assert not fired.loc["old dead letters", "DLQ growing"]
+
+
+def test_node_rules_fire_on_their_phase_only(any_broker: vb.Broker) -> None:
+    node = alert_scenarios.run_node_phases(any_broker)
+    fired = alert_scenarios.fired_in_phase(alerts.evaluate(alerts.node_rules(), node, window_s=2.0, required=()), node)
+    for rule in ("unroutable", "connection churn"):
+        assert fired.loc[rule, rule] and not fired.loc["quiet", rule], fired
+    assert not fired[["resource alarm", "publishers blocked", "file descriptors"]].any().any(), fired
+    last = node.iloc[-1]
+    assert 0 < last["fds_used"] < last["fds_limit"]
+    assert (last["sockets_limit"] > 0) if any_broker.version_info < (4, 0) else pd.isna(last["sockets_limit"])
 
 
 # What these tests check differs between RabbitMQ versions: run them on every image (see conftest).

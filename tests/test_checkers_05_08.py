@@ -12,7 +12,7 @@ import time
 import pika
 
 from helpers import newest_backend, scratch_leftovers
-from voicelab.exercises import ch05, ch06, ch07, ch08
+from voicelab.exercises import ch05, ch06, ch08
 from voicelab.lab.guide_patterns import guide_retry_callback
 
 
@@ -117,41 +117,6 @@ def test_ch06_reference_and_sound_answers_pass_stub_and_wrong_answers_fail(as_sh
     result = ch06.q1.run(_no_reason)
     assert not result.passed and "no reason" in result.message, result.message
     assert scratch_leftovers(as_shared) == []
-
-
-# -- ch07: an alert rule that is right ------------------------------------------------------------
-
-def test_ch07_reference_passes_recorded_and_live(as_shared) -> None:
-    result = ch07.q1.run(ch07.alert)
-    assert result.passed, result.message
-    assert "live 'growing backlog'" in result.message
-
-
-def test_ch07_stub_is_reported_not_raised() -> None:
-    def alert(window):
-        raise NotImplementedError
-
-    assert not ch07.q1.run(alert).attempted
-
-
-def test_ch07_rejects_the_guides_fixed_depth_with_a_reason() -> None:
-    result = ch07.q1.run(lambda window: window["ready"].iloc[-1] > 100)
-    assert not result.passed and "burst that drains" in result.message and "fixed depth" in result.message
-
-
-def test_ch07_rejects_a_rule_that_misses_a_growing_backlog() -> None:
-    result = ch07.q1.run(lambda window: bool((window["consumers"] == 0).all()) and len(window) > 4)
-    assert not result.passed and "never fired" in result.message and "growing backlog" in result.message
-
-
-def test_ch07_accepts_another_sound_rule(as_shared) -> None:
-    def by_drain_time(window):  # Little's law instead of a threshold: will it drain within 20 s?
-        from voicelab.alerts import depth, predicted_drain_s, slope
-        g = slope(window, 3.0)
-        return g == g and depth(window).iloc[-1] > 10 and predicted_drain_s(depth(window).iloc[-1], -g, 0) > 20
-
-    result = ch07.q1.run(by_drain_time)
-    assert result.passed, result.message
 
 
 # -- ch08: a worker that loses nothing --------------------------------------------------------------

@@ -16,6 +16,8 @@ def test_guide_check_calls_idle_dead_and_stuck_alive_judge_does_not(any_broker: 
     assert not idle["guide says healthy"] and idle["voicelab says healthy"], idle.to_dict()
     assert stuck["guide says healthy"] and not stuck["voicelab says healthy"], stuck.to_dict()
     assert stuck["ready"] == 20 and "stuck" in stuck["voicelab's reason"]
+    assert idle["probe done in s"] < 1.0, "the consumer the guide calls dead did the next job at once"
+    assert stuck["done later"] == 0 and stuck["ready later"] == 20, "the one it calls healthy did nothing"
 
 
 def test_broker_health_checks_pass_and_a_missing_listener_fails(any_broker: vb.Broker) -> None:

@@ -4,23 +4,39 @@ A *rule* is a function ``rule(window) -> str | None``: ``window`` holds the last
 queue (a DataFrame, columns below), and the rule returns why it fires, or None. Rules here:
 
 - :func:`backlog_growing`: depth above a threshold *and* growing (slope of a line fitted to the window);
-- :func:`no_consumers`: nobody has consumed the queue for the whole window;
-- :func:`dlq_not_empty`: its dead-letter queue holds messages;
+- :func:`no_consumers`: messages wait and nobody has consumed the queue for the whole window
+  (an empty queue without consumers needs nobody);
+- :func:`dlq_growing`: its dead-letter queue grew: new jobs failed for good (old dead letters that an
+  operator has seen already do not page again);
 - :func:`low_utilisation`: consumer utilisation low while messages wait (consumers cannot take more:
   too few, too slow, or a prefetch too small for the round trip);
 - :func:`drain_too_slow`: the backlog will not drain within a deadline at the measured rates
-  (the drain estimate ``depth / (ack rate - publish rate)``, see :func:`predicted_drain_s`).
+  (the drain estimate ``depth / (ack rate - publish rate)``, see :func:`predicted_drain_s`);
+- :func:`redelivering`: messages come back to consumers (nacked or requeued, or their consumer died);
+- :func:`unacked_stuck`: consumers hold messages and acknowledge none (hung jobs, a forgotten ack);
+- :func:`oldest_message`: the oldest message has waited longer than a deadline (what a user waits for).
 
-Sample columns (one row per queue per tick, as :func:`voicelab.lab.alert_scenarios.record` records them): ``t`` (s), ``queue``, ``ready``,
-``unacked``, ``consumers``, ``dlq_ready`` (Prometheus, per queue), ``publish_rate``, ``ack_rate``
-(msg/s), ``utilisation`` (0-1 or NaN) from the management API, which updates them every 5 s.
+Sample columns (one row per queue per tick, as :func:`voicelab.lab.alert_scenarios.record` records them
+from one scrape of the Prometheus plugin's ``/metrics/detailed``): ``t`` (s), ``queue``, ``ready``,
+``unacked``, ``consumers``, ``dlq_ready``, ``utilisation`` (``consumer_capacity``, 0-1, 0 without
+consumers), the counters ``published``, ``acked``, ``redelivered`` (messages since the queue's channels opened),
+``oldest_age_s`` (age of the oldest message, ready or unacked, from its ``timestamp`` property; NaN when
+the queue is empty or its messages carry none), and
+``publish_rate``, ``ack_rate`` (msg/s over the last 2 s of those counters). The broker emits these
+figures every ``collect_statistics_interval`` (1 s on voicelab's brokers, 5 s by default): each is up to
+that old when read.
+
+Rules here are judged on windows of seconds so that notebook 07 runs in seconds. Production rules hold
+a condition for minutes (``for: 10m`` in RabbitMQ's cluster-operator Prometheus rules): a Prometheus
+server scrapes every 15-60 s and computes rates over minutes, so a condition must hold over several
+scrapes before anyone is paged, and a burst that drains by itself never pages.
 
 Example::
 
     import pandas as pd
     samples = pd.DataFrame({"t": [0.0, 1.0, 2.0, 3.0], "queue": "q", "ready": [60, 80, 100, 120], "unacked": 0,
-                            "consumers": 1, "dlq_ready": 0, "publish_rate": 20.0, "ack_rate": 0.0,
-                            "utilisation": 1.0})
+                            "consumers": 1, "dlq_ready": 0, "utilisation": 1.0, "published": [0, 20, 40, 60],
+                            "acked": 0, "redelivered": 0, "publish_rate": 20.0, "ack_rate": 0.0})
     evaluate({"growing": backlog_growing(threshold=50)}, samples)   # one row per tick: fired, why
 """
 
@@ -34,7 +50,8 @@ import pandas as pd
 
 
 Rule = Callable[[pd.DataFrame], "str | None"]
-COLUMNS = ["t", "queue", "ready", "unacked", "consumers", "dlq_ready", "publish_rate", "ack_rate", "utilisation"]
+COLUMNS = ["t", "queue", "ready", "unacked", "consumers", "dlq_ready", "utilisation", "published", "acked",
+           "redelivered", "oldest_age_s", "publish_rate", "ack_rate"]
 
 
 def depth(window: pd.DataFrame) -> pd.Series:
@@ -48,6 +65,23 @@ def slope(window: pd.DataFrame, over_s: float) -> float:
     if len(w) < 3 or w["t"].iloc[-1] - w["t"].iloc[0] < over_s / 2:
         return float("nan")
     return float(np.polyfit(w["t"], depth(w), 1)[0])
+
+
+def increase(window: pd.DataFrame, column: str, over_s: float) -> float:
+    """How much counter ``column`` grew over the last ``over_s`` s of the window (a drop, when a channel closed
+    and its counter went with it, counts as a restart from 0, as Prometheus's ``increase()`` does);
+    NaN when the window spans less than ``over_s / 2``.
+
+    >>> w = pd.DataFrame({"t": [0.0, 1.0, 2.0, 3.0], "acked": [5, 9, 2, 4]})
+    >>> increase(w, "acked", over_s=3.0)   # +4, then a reset (+2), then +2
+    8.0
+    """
+    w = window[window["t"] >= window["t"].iloc[-1] - over_s]
+    if len(w) < 2 or w["t"].iloc[-1] - w["t"].iloc[0] < over_s / 2:
+        return float("nan")
+    values = w[column].astype(float).ffill().fillna(0.0).to_numpy()
+    steps = np.diff(values)
+    return float(np.where(steps >= 0, steps, values[1:]).sum())
 
 
 def predicted_drain_s(ready_plus_unacked: float, ack_rate: float, publish_rate: float) -> float:
@@ -84,22 +118,39 @@ def backlog_growing(threshold: int = 50, min_growth: float = 2.0, over_s: float 
 
 
 def no_consumers(for_s: float = 2.0) -> Rule:
-    """Fires when the queue has had no consumer for at least ``for_s`` s (a job queue must always have one)."""
+    """Fires when messages have waited on a queue without any consumer for at least ``for_s`` s.
+
+    An empty queue without consumers fires nothing: no work waits, nobody needs waking (a job queue
+    whose consumers should always be attached is better watched by the fleet's own health check).
+    """
     def rule(window: pd.DataFrame) -> str | None:
         w = window[window["t"] >= window["t"].iloc[-1] - for_s]
-        if window["t"].iloc[-1] - window["t"].iloc[0] >= for_s and (w["consumers"] == 0).all():
-            return f"no consumer for {for_s:g} s; {depth(w).iloc[-1]:.0f} messages waiting"
+        if window["t"].iloc[-1] - window["t"].iloc[0] < for_s:
+            return None
+        if (w["consumers"] == 0).all() and (depth(w) > 0).all():
+            return f"no consumer for {for_s:g} s while {depth(w).iloc[-1]:.0f} messages wait"
         return None
     rule.__name__ = "no consumers"
     return rule
 
 
-def dlq_not_empty() -> Rule:
-    """Fires when the dead-letter queue holds messages: each is a job that failed for good."""
+def dlq_growing(over_s: float = 3.0) -> Rule:
+    """Fires when the dead-letter queue grew over the last ``over_s`` s: jobs are failing for good *now*.
+
+    Not "the DLQ is not empty": one dead letter would then page forever, until someone empties the DLQ,
+    and the alert says nothing new about the next failure. Dead letters already there are a ticket, not
+    a page (the DLQ's depth belongs on a dashboard).
+    """
     def rule(window: pd.DataFrame) -> str | None:
-        n = float(window["dlq_ready"].iloc[-1])
-        return f"{n:.0f} message(s) in the dead-letter queue" if n > 0 else None  # NaN > 0 is False
-    rule.__name__ = "DLQ not empty"
+        w = window[window["t"] >= window["t"].iloc[-1] - over_s].dropna(subset=["dlq_ready"])
+        if len(w) < 2 or w["t"].iloc[-1] - w["t"].iloc[0] < over_s / 2:
+            return None
+        grew = float(w["dlq_ready"].iloc[-1] - w["dlq_ready"].iloc[0])
+        if grew > 0:
+            return (f"{grew:.0f} new dead letter(s) in {over_s:g} s "
+                    f"({w['dlq_ready'].iloc[-1]:.0f} in the dead-letter queue)")
+        return None
+    rule.__name__ = "DLQ growing"
     return rule
 
 
@@ -138,8 +189,145 @@ def drain_too_slow(deadline_s: float = 30.0, min_depth: int = 10, over_s: float 
     return rule
 
 
+def redelivering(per_s: float = 1.0, over_s: float = 3.0) -> Rule:
+    """Fires when more than ``per_s`` messages/s were redelivered over the last ``over_s`` s: consumers nack
+    with requeue, or die holding messages. Each redelivery is work done again, and a message that always
+    comes back may loop forever (a classic queue never stops it; quorum queues' delivery limits differ by
+    version, see notebook 06)."""
+    def rule(window: pd.DataFrame) -> str | None:
+        n = increase(window, "redelivered", over_s)
+        if n / over_s > per_s:   # NaN > x is False
+            return f"{n:.0f} redeliveries in {over_s:g} s ({n / over_s:.1f}/s)"
+        return None
+    rule.__name__ = "redelivering"
+    return rule
+
+
+def unacked_stuck(for_s: float = 3.0) -> Rule:
+    """Fires when consumers have held unacked messages for ``for_s`` s and acknowledged none meanwhile:
+    jobs hang, or a consumer forgot to ack. The broker redelivers them only when the channel closes (or
+    after ``consumer_timeout``, 30 minutes by default, where it applies: 4.3 no longer evaluates it for
+    classic queues). A busy consumer acks: it never fires that."""
+    def rule(window: pd.DataFrame) -> str | None:
+        w = window[window["t"] >= window["t"].iloc[-1] - for_s]
+        acked = increase(window, "acked", for_s)
+        if acked == 0 and (w["unacked"] > 0).all():
+            return f"{w['unacked'].iloc[-1]:.0f} message(s) unacked and none acked for {for_s:g} s"
+        return None
+    rule.__name__ = "unacked stuck"
+    return rule
+
+
+def oldest_message(above_s: float = 5.0) -> Rule:
+    """Fires when the oldest message in the queue (ready or unacked) is more than ``above_s`` s old: the
+    wait a user sees, whatever the depth. RabbitMQ reports the head message's ``timestamp`` property
+    (``head_message_timestamp``, classic queues, whole seconds, set by the publisher), so the age is
+    known only for messages published with one, and only to about a second."""
+    def rule(window: pd.DataFrame) -> str | None:
+        age = float(window["oldest_age_s"].iloc[-1])
+        if age > above_s:   # NaN > x is False
+            return f"oldest message {age:.0f} s old (> {above_s:g} s)"
+        return None
+    rule.__name__ = "oldest message"
+    return rule
+
+
+# ---------------------------------------------------------------------------
+# Rules on the node: alarms, blocked publishers, unroutable messages, connection churn, file descriptors
+# ---------------------------------------------------------------------------
+
+NODE_COLUMNS = ["t", "queue", "memory_alarm", "disk_alarm", "memory_used", "memory_limit", "disk_free",
+                "disk_free_limit", "fds_used", "fds_limit", "sockets_used", "sockets_limit", "connections",
+                "connections_opened", "connections_closed", "unroutable_dropped", "unroutable_returned", "blocked"]
+"""Columns of node samples (:meth:`voicelab.monitoring.Prometheus.node_stats`, and ``blocked``: connections the
+management API lists as blocked or blocking)."""
+
+
+def resource_alarm() -> Rule:
+    """Fires while a memory or disk alarm is in effect: the broker blocks every publishing connection of the
+    cluster until it clears (https://www.rabbitmq.com/docs/alarms). Page at once: publishers hang."""
+    def rule(window: pd.DataFrame) -> str | None:
+        last = window.iloc[-1]
+        said = []
+        if last["memory_alarm"] == 1:
+            said.append(f"memory alarm (memory {last['memory_used'] / 2**20:.0f} MiB, "
+                        f"watermark {last['memory_limit'] / 2**20:.0f} MiB)")
+        if last["disk_alarm"] == 1:
+            said.append(f"disk alarm (free {last['disk_free'] / 1e9:.0f} GB, limit "
+                        f"{last['disk_free_limit'] / 1e9:.0f} GB)")
+        return " and ".join(said) + ": publishers are blocked" if said else None
+    rule.__name__ = "resource alarm"
+    return rule
+
+
+def publishers_blocked(for_s: float = 1.0) -> Rule:
+    """Fires when connections have been blocked (or blocking) for ``for_s`` s: the publishers' side of an alarm,
+    as the management API lists it; a client sees it as ``connection.blocked``."""
+    def rule(window: pd.DataFrame) -> str | None:
+        w = window[window["t"] >= window["t"].iloc[-1] - for_s]
+        if window["t"].iloc[-1] - window["t"].iloc[0] >= for_s and (w["blocked"] > 0).all():
+            return f"{w['blocked'].iloc[-1]:.0f} connection(s) blocked for {for_s:g} s"
+        return None
+    rule.__name__ = "publishers blocked"
+    return rule
+
+
+def unroutable(per_s: float = 1.0, over_s: float = 2.0) -> Rule:
+    """Fires when more than ``per_s`` messages/s reached an exchange that routed them to no queue (dropped,
+    or returned to a ``mandatory`` publisher): a missing binding or a typo in a routing key loses jobs silently."""
+    def rule(window: pd.DataFrame) -> str | None:
+        n = increase(window, "unroutable_dropped", over_s) + increase(window, "unroutable_returned", over_s)
+        if n / over_s > per_s:
+            return f"{n:.0f} unroutable message(s) in {over_s:g} s: routed to no queue"
+        return None
+    rule.__name__ = "unroutable"
+    return rule
+
+
+def connection_churn(per_s: float = 5.0, over_s: float = 2.0) -> Rule:
+    """Fires when more than ``per_s`` connections/s were opened: clients that connect per message, or
+    reconnect in a loop, cost the broker far more than the messages they carry
+    (https://www.rabbitmq.com/docs/connections#high-connection-churn)."""
+    def rule(window: pd.DataFrame) -> str | None:
+        n = increase(window, "connections_opened", over_s)
+        if n / over_s > per_s:
+            return f"{n:.0f} connections opened in {over_s:g} s ({n / over_s:.0f}/s)"
+        return None
+    rule.__name__ = "connection churn"
+    return rule
+
+
+def fds_high(above: float = 0.8) -> Rule:
+    """Fires when the node uses more than ``above`` of its file-descriptor limit (every connection and open
+    file takes one; at the limit new connections are refused). 3.x also limits sockets (``sockets_used``)."""
+    def rule(window: pd.DataFrame) -> str | None:
+        last = window.iloc[-1]
+        for used, limit in (("fds_used", "fds_limit"), ("sockets_used", "sockets_limit")):
+            if last[limit] > 0 and last[used] / last[limit] > above:
+                return f"{used.split('_')[0]}: {last[used]:.0f} of {last[limit]:.0f} in use"
+        return None
+    rule.__name__ = "file descriptors"
+    return rule
+
+
+def node_rules() -> dict[str, Rule]:
+    """The node rules of this module with their default thresholds, by name.
+
+    >>> list(node_rules())
+    ['resource alarm', 'publishers blocked', 'unroutable', 'connection churn', 'file descriptors']
+    """
+    rules = [resource_alarm(), publishers_blocked(), unroutable(), connection_churn(), fds_high()]
+    return {r.__name__: r for r in rules}
+
+
 def default_rules() -> dict[str, Rule]:
-    rules = [backlog_growing(), no_consumers(), dlq_not_empty(), low_utilisation(), drain_too_slow()]
+    """Every rule of this module with its default thresholds, by name.
+
+    >>> list(default_rules())[-3:]
+    ['redelivering', 'unacked stuck', 'oldest message']
+    """
+    rules = [backlog_growing(), no_consumers(), dlq_growing(), low_utilisation(), drain_too_slow(), redelivering(),
+             unacked_stuck(), oldest_message()]
     return {r.__name__: r for r in rules}
 
 
@@ -147,10 +335,15 @@ def default_rules() -> dict[str, Rule]:
 # Evaluating rules on samples
 # ---------------------------------------------------------------------------
 
-def evaluate(rules: dict[str, Rule], samples: pd.DataFrame, window_s: float = 5.0) -> pd.DataFrame:
-    """Run every rule at every sample of every queue on the last ``window_s`` s: one row per (t, queue, rule)."""
+def evaluate(rules: dict[str, Rule], samples: pd.DataFrame, window_s: float = 5.0,
+             required: tuple[str, ...] = ("ready", "unacked", "consumers")) -> pd.DataFrame:
+    """Run every rule at every sample of every queue on the last ``window_s`` s: one row per (t, queue, rule).
+
+    Samples without the ``required`` figures are skipped (no figure yet: nothing to judge). Node samples
+    (:data:`NODE_COLUMNS`) have a ``queue`` column too (``"node"``) and no required figures.
+    """
     rows = []
-    samples = samples.dropna(subset=["ready", "unacked", "consumers"])  # no figure yet: nothing to judge
+    samples = samples.dropna(subset=list(required))
     for queue, part in samples.groupby("queue", sort=False):
         part = part.sort_values("t").reset_index(drop=True)
         for i in range(len(part)):
@@ -166,13 +359,3 @@ def evaluate(rules: dict[str, Rule], samples: pd.DataFrame, window_s: float = 5.
 def matrix(evaluations: pd.DataFrame) -> pd.DataFrame:
     """Queue x rule: True if the rule fired at any time in the run."""
     return evaluations.pivot_table(index="queue", columns="rule", values="firing", aggfunc="any", sort=False)
-
-
-# ---------------------------------------------------------------------------
-# Scenarios built to trip each rule, and a healthy one
-# ---------------------------------------------------------------------------
-
-
-"""One healthy workload and one built to trip each rule (see the module docstring)."""
-
-

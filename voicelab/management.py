@@ -51,6 +51,21 @@ class Management:
         """Bindings whose source is ``exchange``."""
         return self.get(f"exchanges/{self.vhost}/{urllib.parse.quote(exchange, safe='')}/bindings/source")
 
+    def connection_states(self) -> dict[str, int]:
+        """How many client connections are in each state: ``running``, ``blocked`` (a publisher the broker
+        stopped reading from during a memory or disk alarm), ``blocking`` (one that has not published since
+        the alarm: it will be blocked when it does), ``flow``, ...; one listing of ``/api/connections``.
+
+        A new connection, or a state change, appears in the listing up to about 5 s late (the management
+        API's granularity). Example::
+
+            Management(broker).connection_states()    # {'running': 3} or, during an alarm, {'blocked': 1, ...}
+        """
+        states: dict[str, int] = {}
+        for c in self.get("connections?columns=state"):
+            states[str(c.get("state"))] = states.get(str(c.get("state")), 0) + 1
+        return states
+
     def wait_for(self, queue: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 15.0) -> dict[str, Any]:
         """Poll ``queue`` until ``predicate(counters)`` holds; return the counters (TimeoutError otherwise)."""
         deadline = time.monotonic() + timeout

@@ -35,6 +35,17 @@ from .management import Management
 DETAILED_FAMILIES = ("queue_coarse_metrics", "queue_consumer_count")
 """The ``/metrics/detailed`` families with per-queue ready, unacked, total and consumer counts."""
 
+STATS_FAMILIES = DETAILED_FAMILIES + ("queue_metrics", "channel_queue_metrics", "channel_queue_exchange_metrics")
+"""Families :meth:`Prometheus.queue_stats` asks for: the counts above, consumer capacity (``queue_metrics``),
+and the per-channel counters of acks, redeliveries (``channel_queue_metrics``) and publishes into each queue
+(``channel_queue_exchange_metrics``); all present in RabbitMQ 3.10, 4.0 and 4.3."""
+
+_STATS_METRICS = {"queue_consumer_capacity": ("utilisation", "max"),
+                  "queue_head_message_timestamp": ("head_timestamp", "max"),
+                  "channel_messages_acked_total": ("acked", "sum"),
+                  "channel_messages_redelivered_total": ("redelivered", "sum"),
+                  "queue_messages_published_total": ("published", "sum")}
+
 
 # ---------------------------------------------------------------------------
 # Source 1: the passive declare
@@ -138,6 +149,43 @@ class Prometheus:
         df = self.samples("/metrics/detailed", [("family", f) for f in DETAILED_FAMILIES] + [("vhost", vhost)])
         return _queue_table(df, "rabbitmq_detailed_")
 
+    def queue_stats(self, vhost: str = "/") -> pd.DataFrame:
+        """Per-queue ``ready``, ``unacked``, ``messages``, ``consumers``, ``utilisation`` (consumer capacity,
+        0-1; NaN without a figure) and the counters ``published``, ``acked``, ``redelivered`` (summed over
+        the channels that published to, consumed from the queue: a closed channel's counts go with it).
+
+        One scrape of ``/metrics/detailed`` (:data:`STATS_FAMILIES`): what an alerting Prometheus would
+        scrape, refreshed every ``collect_statistics_interval`` (the management API's figures change every 5 s).
+        """
+        df = self.samples("/metrics/detailed", [("family", f) for f in STATS_FAMILIES] + [("vhost", vhost)])
+        table = _queue_table(df, "rabbitmq_detailed_")
+        for metric, (col, how) in _STATS_METRICS.items():
+            part = df[df["name"] == "rabbitmq_detailed_" + metric] if "name" in df else df
+            if "queue" in part and not part.empty:
+                table[col] = part.groupby("queue")["value"].agg(how).reindex(table.index)
+            else:
+                table[col] = float("nan")
+        for col in ("published", "acked", "redelivered"):
+            table[col] = table[col].fillna(0.0)   # no channel has used the queue yet: nothing counted
+        return table
+
+    def node_stats(self) -> dict[str, float]:
+        """The node's figures an SRE alerts on, from one scrape of the aggregated ``/metrics``.
+
+        ``memory_alarm``, ``disk_alarm`` (1 while the alarm is in effect), ``memory_used``,
+        ``memory_limit`` (bytes: the high watermark), ``disk_free``, ``disk_free_limit`` (bytes), ``fds_used``,
+        ``fds_limit``, ``sockets_used``, ``sockets_limit`` (NaN from 4.0: RabbitMQ 4.0 no longer limits or
+        reports sockets apart from file descriptors), ``connections``, the counters ``connections_opened``,
+        ``connections_closed``, ``unroutable_dropped`` and ``unroutable_returned`` (messages no queue took).
+
+        Example::
+
+            Prometheus.of(broker).node_stats()["memory_alarm"]    # 0.0, or 1.0 while the alarm is in effect
+        """
+        df = self.samples("/metrics")
+        values = df.groupby("name")["value"].sum() if not df.empty else pd.Series(dtype=float)
+        return {key: float(values.get(name, float("nan"))) for key, name in _NODE_METRICS.items()}
+
     def queue(self, name: str, vhost: str = "/") -> dict[str, float]:
         """``{"ready", "unacked", "messages", "consumers"}`` of queue ``name`` (zeros if it has no figures yet)."""
         table = self.queues(vhost)
@@ -163,6 +211,19 @@ class Prometheus:
 # The live view
 # ---------------------------------------------------------------------------
 
+
+_NODE_METRICS = {
+    "memory_alarm": "rabbitmq_alarms_memory_used_watermark", "disk_alarm": "rabbitmq_alarms_free_disk_space_watermark",
+    "memory_used": "rabbitmq_process_resident_memory_bytes", "memory_limit": "rabbitmq_resident_memory_limit_bytes",
+    "disk_free": "rabbitmq_disk_space_available_bytes", "disk_free_limit": "rabbitmq_disk_space_available_limit_bytes",
+    "fds_used": "rabbitmq_process_open_fds", "fds_limit": "rabbitmq_process_max_fds",
+    "sockets_used": "rabbitmq_process_open_tcp_sockets", "sockets_limit": "rabbitmq_process_max_tcp_sockets",
+    "connections": "rabbitmq_connections", "connections_opened": "rabbitmq_connections_opened_total",
+    "connections_closed": "rabbitmq_connections_closed_total",
+    "unroutable_dropped": "rabbitmq_channel_messages_unroutable_dropped_total",
+    "unroutable_returned": "rabbitmq_channel_messages_unroutable_returned_total",
+}
+"""Figures of :meth:`Prometheus.node_stats` and the metric each is read from."""
 
 _QUEUE_METRICS = {"queue_messages_ready": "ready", "queue_messages_unacked": "unacked",
                   "queue_messages": "messages", "queue_consumers": "consumers"}

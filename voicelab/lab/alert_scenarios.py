@@ -1,8 +1,9 @@
 """Notebook 07's alert scenarios: queues put in known states on the broker, recorded, every rule judged.
 
 Each :class:`Scenario` (a healthy queue, a growing backlog, no consumers, dead letters, a slow
-consumer, ...) is staged on a real broker; :func:`record` samples every queue through the management
-API and Prometheus; :func:`voicelab.alerts.evaluate` judges the rules on the samples.
+consumer, ...) is staged on a real broker; :func:`record` samples every queue with one scrape of the
+Prometheus plugin per tick (not the management API: see :func:`record`); :func:`voicelab.alerts.evaluate`
+judges the rules on the samples.
 
 Example::
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -52,6 +52,9 @@ class Scenario:
     job_s: float = 0.0
     prefetch: int = 1
     reject_every: int = 0           # every n-th message rejected (to the DLQ)
+    requeue_every: int = 0          # every n-th delivery nacked with requeue (redelivered)
+    hold: bool = False              # consumers never ack: they hold ``prefetch`` messages each
+    dlq_prefill: int = 0            # dead letters already in the DLQ when the run starts
 
     @property
     def queue(self) -> str:
@@ -63,45 +66,74 @@ SCENARIOS = [
     Scenario("burst that drains", publish_rate=5, prefill=600, consumers=2, job_s=0.005, prefetch=10),
     Scenario("growing backlog", publish_rate=30, consumers=1, job_s=0.06, prefetch=1),
     Scenario("no consumers", publish_rate=5),
+    Scenario("stalled backlog", prefill=40),                   # nobody consumes, nothing arrives: flat
+    Scenario("idle, no consumers"),                            # empty, nobody attached: nothing to do
     Scenario("dead letters", publish_rate=10, consumers=1, job_s=0.005, prefetch=5, reject_every=4),
+    Scenario("old dead letters", publish_rate=10, consumers=1, job_s=0.005, prefetch=5, dlq_prefill=10),
     Scenario("slow consumers", publish_rate=0, prefill=400, consumers=1, job_s=0.02, prefetch=1),
+    Scenario("redeliveries", publish_rate=10, consumers=1, job_s=0.005, prefetch=5, requeue_every=3),
+    Scenario("unacked stuck", publish_rate=2, consumers=1, prefetch=5, hold=True),
 ]
+"""Each rule of :func:`voicelab.alerts.default_rules` has a scenario built to trip it (:data:`TRIPS`)."""
+
+TRIPS = {"backlog growing": "growing backlog", "no consumers": "no consumers", "DLQ growing": "dead letters",
+         "low utilisation": "slow consumers", "drain too slow": "growing backlog", "redelivering": "redeliveries",
+         "unacked stuck": "unacked stuck", "oldest message": "no consumers"}
+"""Rule -> the scenario made to trip it."""
+
+RATE_S = 2.0
+"""``publish_rate`` and ``ack_rate`` are computed over this many seconds of counters."""
 
 
-def _queue_rows(mgmt: Management, prom: Prometheus, queues: list[str], t: float) -> list[dict[str, Any]]:
-    table = prom.queues(mgmt_vhost(mgmt))
-    listing = {q["name"]: q for q in mgmt.get(f"queues/{mgmt.vhost}")}
+def _queue_rows(prom: Prometheus, queues: list[str], t: float, vhost: str) -> list[dict[str, Any]]:
+    table, now = prom.queue_stats(vhost), time.time()
     rows = []
     for name in queues:
         nan = float("nan")  # Prometheus has no figure for a queue until its first stats emission (about 1 s)
-        p = table.loc[name].to_dict() if name in table.index else {"ready": nan, "unacked": nan, "consumers": nan}
-        dlq = table.loc[dlq_name(name)].to_dict() if dlq_name(name) in table.index else {"ready": nan}
-        m = listing.get(name, {})
-        stats = m.get("message_stats") or {}
-        util = m.get("consumer_utilisation", m.get("consumer_capacity"))
-        rows.append({"t": t, "queue": name, "ready": p["ready"], "unacked": p["unacked"], "consumers": p["consumers"],
-                     "dlq_ready": dlq["ready"],
-                     "publish_rate": float(stats.get("publish_details", {}).get("rate", 0.0)),
-                     "ack_rate": float(stats.get("ack_details", {}).get("rate", 0.0)),
-                     "utilisation": float("nan") if util in (None, "") else float(util)})
+        p = table.loc[name].to_dict() if name in table.index else {}
+        dlq = table.loc[dlq_name(name), "ready"] if dlq_name(name) in table.index else nan
+        head = p.get("head_timestamp", nan)    # Unix seconds of the oldest message's timestamp property
+        rows.append({"t": t, "queue": name, **{c: p.get(c, nan) for c in ("ready", "unacked", "consumers")},
+                     "dlq_ready": dlq, "utilisation": p.get("utilisation", nan),
+                     **{c: p.get(c, nan) for c in ("published", "acked", "redelivered")},
+                     "oldest_age_s": now - head if head > 0 else nan})
     return rows
 
 
-def mgmt_vhost(mgmt: Management) -> str:
-    return urllib.parse.unquote(mgmt.vhost)
+def with_rates(samples: pd.DataFrame, over_s: float = RATE_S) -> pd.DataFrame:
+    """Add ``publish_rate`` and ``ack_rate`` (msg/s): each counter's growth over the last ``over_s`` s, per queue,
+    as Prometheus's ``rate()`` would (NaN until ``over_s`` s of samples exist, or across a counter reset)."""
+    out = []
+    for _, part in samples.groupby("queue", sort=False):
+        part = part.sort_values("t").copy()
+        back = pd.merge_asof(part[["t"]].assign(t_back=part["t"] - over_s), part.rename(columns={"t": "t0"}),
+                             left_on="t_back", right_on="t0", direction="backward")
+        dt = part["t"].to_numpy() - back["t0"].to_numpy()
+        for counter, rate in (("published", "publish_rate"), ("acked", "ack_rate")):
+            r = (part[counter].to_numpy() - back[counter].to_numpy()) / dt
+            part[rate] = pd.Series(r, index=part.index).where(lambda x: x >= 0)
+        out.append(part)
+    return pd.concat(out).sort_index() if out else samples.assign(publish_rate=[], ack_rate=[])
 
 
 def record(broker: Broker, queues: list[str], seconds: float, every: float = 0.5,
            on_tick: Callable[[float], None] | None = None) -> pd.DataFrame:
-    """Sample ``queues`` for ``seconds``: Prometheus (depths, consumers, DLQ depth) and the management API
-    (rates, utilisation), one scrape and one listing per tick for all queues at once."""
-    mgmt, prom = Management(broker), Prometheus.of(broker)
+    """Sample ``queues`` for ``seconds``: one scrape of ``/metrics/detailed`` per tick for all queues at once
+    (:meth:`voicelab.monitoring.Prometheus.queue_stats`: depths, consumers, DLQ depth, consumer capacity,
+    publish, ack and redelivery counters), then the rates (:func:`with_rates`).
+
+    Not the management API: its figures change only every 5 s (its sample granularity, measured in
+    notebook 07), so a 0.5 s poll of ``/api/queues`` would fetch the same figures ten times, and its rates
+    lag 5 to 10 s; one scrape per tick also halves the requests (this recorder used to make both).
+    """
+    prom = Prometheus.of(broker)
+    vhost = broker.vhost
     rows: list[dict[str, Any]] = []
     try:
         t0, tick = time.monotonic(), 0
         while True:
             t = time.monotonic() - t0
-            rows += _queue_rows(mgmt, prom, queues, t)
+            rows += _queue_rows(prom, queues, t, vhost)
             if on_tick is not None:
                 on_tick(t)
             tick += 1
@@ -109,9 +141,8 @@ def record(broker: Broker, queues: list[str], seconds: float, every: float = 0.5
                 break
             time.sleep(max(0.0, t0 + tick * every - time.monotonic()))
     finally:
-        mgmt.close()
         prom.close()
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return with_rates(pd.DataFrame(rows, columns=[c for c in COLUMNS if not c.endswith("_rate")]))[COLUMNS]
 
 
 def _wait_visible(broker: Broker, expected: dict[str, int], timeout: float = 10.0) -> None:
@@ -144,13 +175,17 @@ def run_scenarios(broker: Broker, scenarios: list[Scenario] | None = None, secon
             reset_queue(channel, s.queue, dead_letters=True)
             if s.prefill:
                 publish_bodies(channel, s.queue, [b"x"] * s.prefill, confirm=False)
-    _wait_visible(broker, {s.queue: s.prefill for s in scenarios if s.prefill})
+            if s.dlq_prefill:
+                publish_bodies(channel, dlq_name(s.queue), [b"dead"] * s.dlq_prefill, confirm=False)
+    _wait_visible(broker, {**{s.queue: s.prefill for s in scenarios if s.prefill},
+                           **{dlq_name(s.queue): s.dlq_prefill for s in scenarios if s.dlq_prefill}})
     try:
         for s in scenarios:
             for i in range(s.consumers):
                 threads.append(threading.Thread(
                     target=consume_jobs, args=(broker, s.queue, s.job_s, stop), daemon=True,
                     kwargs=dict(prefetch=s.prefetch, errors=errors, reject_every=s.reject_every,
+                                requeue_every=s.requeue_every, hold=s.hold,
                                 name=f"voicelab consumer {s.queue} {i + 1}")))
             if s.publish_rate:
                 threads.append(threading.Thread(target=publish_paced, args=(broker, s.queue, s.publish_rate, stop, errors),
@@ -188,8 +223,12 @@ def plot_scenarios(samples: pd.DataFrame, evaluations: pd.DataFrame, *, title: s
     at every sample where it fired."""
     names = list(dict.fromkeys(samples["scenario"]))
     rules = list(dict.fromkeys(evaluations["rule"]))
-    fig, axes = plt.subplots(1, len(names), figsize=(2.1 * len(names) + 1, 3.4), sharex=True, squeeze=False)
-    for ax, name in zip(axes[0], names):
+    ncols = min(len(names), 6)
+    nrows = -(-len(names) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.1 * ncols + 1, 3.0 * nrows + 0.6), sharex=True, squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names):
         s = samples[samples["scenario"] == name]
         ax.plot(s["t"], s["ready"] + s["unacked"], ".-", color="0.3", markersize=3)
         top = max(1.0, float((s["ready"] + s["unacked"]).max()))
@@ -201,18 +240,184 @@ def plot_scenarios(samples: pd.DataFrame, evaluations: pd.DataFrame, *, title: s
         ax.set_xlabel("t (s)")
         ax.set_ylim(0, top * (1.15 + 0.09 * len(rules)))
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("messages (ready + unacked)")
+    for row in axes:
+        row[0].set_ylabel("messages (ready + unacked)")
     handles, labels = [], []
-    for ax in axes[0]:
+    for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=7, frameon=False,
-               bbox_to_anchor=(0.5, 0.93))
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 8), fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, 1 - 0.35 / fig.get_figheight()))
     fig.suptitle(title or "Each rule, on every sample: squares mark where it fired", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.86))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.9 / fig.get_figheight()))
     add_caption(fig, caption)
     return fig
 
 
+
+
+# ---------------------------------------------------------------------------
+# The node: quiet, unroutable messages, connection churn; a memory alarm on a broker of its own
+# ---------------------------------------------------------------------------
+
+NODE_TRIPS = {"unroutable": "unroutable", "connection churn": "connection churn",
+              "resource alarm": "memory alarm", "publishers blocked": "memory alarm"}
+"""Node rule -> the phase made to trip it (:func:`run_node_phases`, :func:`run_alarm_phases`; the disk alarm
+phase trips "resource alarm" too)."""
+
+
+def record_node(broker: Broker, phases: list[tuple[str, float, Callable[[threading.Event], None] | None]],
+                every: float = 0.25) -> pd.DataFrame:
+    """Run ``phases`` one after the other (``(name, seconds, action)``: ``action(stop)`` runs in a thread for the
+    phase, until ``stop`` is set) and sample the node every ``every`` s: one scrape of ``/metrics``
+    (:meth:`voicelab.monitoring.Prometheus.node_stats`) and the connections' states from the management
+    API. One row per sample (:data:`voicelab.alerts.NODE_COLUMNS`, ``queue`` = ``"node"``) with its ``phase``."""
+    prom, mgmt = Prometheus.of(broker), Management(broker)
+    rows: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+    try:
+        for name, seconds, action in phases:
+            stop, errors = threading.Event(), []  # type: ignore[var-annotated]
+
+            def run(action=action, stop=stop, errors=errors) -> None:
+                try:
+                    action(stop)
+                except BaseException as e:  # noqa: BLE001 - reported below
+                    errors.append(e)
+
+            thread = threading.Thread(target=run, daemon=True) if action else None
+            if thread:
+                thread.start()
+            end = time.monotonic() + seconds
+            try:
+                while time.monotonic() < end:
+                    tick = time.monotonic()
+                    states = mgmt.connection_states()
+                    rows.append({"t": tick - t0, "queue": "node", "phase": name, **prom.node_stats(),
+                                 "blocked": states.get("blocked", 0) + states.get("blocking", 0)})
+                    if errors:
+                        raise RuntimeError(f"the {name!r} phase failed") from errors[0]
+                    time.sleep(max(0.0, tick + every - time.monotonic()))
+            finally:
+                stop.set()
+                if thread:
+                    thread.join(10)
+    finally:
+        prom.close()
+        mgmt.close()
+    return pd.DataFrame(rows)
+
+
+def publish_unroutable(broker: Broker, rate: float = 20.0) -> Callable[[threading.Event], None]:
+    """An action: publish ``rate`` messages/s to ``amq.direct`` with a routing key no queue is bound with."""
+    def action(stop: threading.Event) -> None:
+        with broker.connect() as connection:
+            channel = connection.channel()
+            while not stop.wait(1 / rate):
+                channel.basic_publish("amq.direct", "voice.jobs.typo", b"lost")
+    return action
+
+
+def churn_connections(broker: Broker, rate: float = 15.0) -> Callable[[threading.Event], None]:
+    """An action: open and close ``rate`` connections/s, one message each (a client that connects per publish)."""
+    def action(stop: threading.Event) -> None:
+        while not stop.wait(1 / rate):
+            with broker.connect() as connection:
+                connection.channel()
+    return action
+
+
+def run_node_phases(broker: Broker, phase_s: float = 2.5) -> pd.DataFrame:
+    """Three phases of ``phase_s`` s on ``broker``: quiet, unroutable messages (20/s), connection churn (15/s)."""
+    return record_node(broker, [("quiet", phase_s, None), ("unroutable", phase_s, publish_unroutable(broker)),
+                                ("connection churn", phase_s, churn_connections(broker))])
+
+
+def blocked_publisher(broker: Broker, seen: dict[str, Any]) -> Callable[[threading.Event], None]:
+    """An action: a publisher that tries to publish once a second; ``seen["blocked"]`` is set to the reason of
+    the ``connection.blocked`` the broker sends it."""
+    def action(stop: threading.Event) -> None:
+        with broker.connect(client_properties={"connection_name": "voicelab blocked publisher"}) as connection:
+            connection.add_on_connection_blocked_callback(
+                lambda conn, frame: seen.setdefault("blocked", frame.method.reason))
+            channel = connection.channel()
+            channel.queue_declare("voicelab.alarm_demo", durable=True)
+            while not stop.is_set():
+                channel.basic_publish("", "voicelab.alarm_demo", b"job")
+                connection.process_data_events(0.2)
+    return action
+
+
+def run_alarm_phases(broker: Broker, quiet_s: float = 1.5, alarm_s: float = 10.0, disk_s: float = 5.0,
+                     watermark: str = "0.0001") -> tuple[pd.DataFrame, dict[str, Any]]:
+    """On a broker voicelab controls (it changes node-wide settings), with a publisher running throughout:
+
+    1. ``quiet`` for ``quiet_s`` s;
+    2. ``memory alarm`` for ``alarm_s`` s: ``rabbitmqctl set_vm_memory_high_watermark <watermark>``, far below
+       what the node uses (``alarm_s`` covers the management API's 5 s granularity: it lists a connection's
+       new state that late);
+    3. ``disk alarm`` for ``disk_s`` s: the watermark back to the version's default, and
+       ``rabbitmqctl set_disk_free_limit`` to twice the free disk space;
+
+    then the disk limit back to what it was. Returns the node samples and ``seen``: the reason of the
+    ``connection.blocked`` the publisher was sent (``"blocked"``), and the status of
+    ``/api/health/checks/alarms`` in each alarm (``"memory alarms check"``, ``"disk alarms check"``).
+    """
+    seen: dict[str, Any] = {}
+    default = "0.4" if broker.version_info < (4, 0) else "0.6"   # rabbit's defaults (deps/rabbit/Makefile)
+    publisher_stop, errors = threading.Event(), []  # type: ignore[var-annotated]
+    prom = Prometheus.of(broker)
+    try:
+        before = prom.node_stats()
+    finally:
+        prom.close()
+
+    def ctl(*args: str) -> None:
+        code, out = broker._rabbitmqctl(*args)
+        if code != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {out}")
+
+    def alarms_check(key: str) -> None:
+        mgmt = Management(broker)
+        try:
+            seen[key] = mgmt.session.get(f"{mgmt.base}/health/checks/alarms", timeout=mgmt.timeout).status_code
+        finally:
+            mgmt.close()
+
+    def publisher() -> None:
+        try:
+            blocked_publisher(broker, seen)(publisher_stop)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    def memory_alarm(stop: threading.Event) -> None:
+        ctl("set_vm_memory_high_watermark", watermark)
+        alarms_check("memory alarms check")
+
+    def disk_alarm(stop: threading.Event) -> None:
+        ctl("set_vm_memory_high_watermark", default)
+        ctl("set_disk_free_limit", str(int(2 * before["disk_free"])))
+        alarms_check("disk alarms check")
+
+    thread = threading.Thread(target=publisher, daemon=True)
+    thread.start()
+    try:
+        samples = record_node(broker, [("quiet", quiet_s, None), ("memory alarm", alarm_s, memory_alarm),
+                                       ("disk alarm", disk_s, disk_alarm)])
+    finally:
+        broker._rabbitmqctl("set_vm_memory_high_watermark", default)
+        broker._rabbitmqctl("set_disk_free_limit", str(int(before["disk_free_limit"])))
+        publisher_stop.set()
+        thread.join(10)
+    if errors:
+        raise RuntimeError("the publisher failed") from errors[0]
+    return samples, seen
+
+
+def fired_in_phase(evaluations: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
+    """Phase x rule: True if the rule fired at a sample of that phase."""
+    phase = dict(zip(samples["t"], samples["phase"]))
+    ev = evaluations.assign(phase=evaluations["t"].map(phase))
+    return ev.pivot_table(index="phase", columns="rule", values="firing", aggfunc="any", sort=False)

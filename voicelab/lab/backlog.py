@@ -155,6 +155,25 @@ def run_backlog(broker: Broker, queue: str, *, publish_rate: float = 40.0, ramp_
     return run
 
 
+def run_backlog_fairly(broker: Broker, queue: str, attempts: int = 2, **kwargs: Any) -> BacklogRun:
+    """:func:`run_backlog`, run once more when the machine, not the broker, spoiled the run: a sampler too
+    starved to take three samples in the drain window (:func:`drain_prediction` raises ValueError), or
+    consumers too starved to outrun the publisher. Returns the last run (``attempts`` at most).
+
+    On a busy 2-core machine (other brokers, other tests) this happens now and then; the lesson is the
+    broker's behaviour, so the run is repeated rather than its bounds loosened.
+    """
+    for _ in range(attempts):
+        run = run_backlog(broker, queue, **kwargs)
+        try:
+            pred = drain_prediction(run)
+        except ValueError:
+            continue
+        if pred["departures_per_s"] > pred["arrivals_per_s"]:
+            return run
+    return run
+
+
 class _Load:
     """The threads of :func:`run_backlog`: a paced publisher, then consumers; what they do is counted in ``truth``."""
 

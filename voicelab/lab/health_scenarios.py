@@ -27,7 +27,13 @@ def health_scenarios(broker: Broker, queue: str = "health_demo", window_s: float
     """The guide's check and :func:`judge` on (1) an idle, healthy consumer on an empty queue, checked
     ``1.3 * window_s`` after it started, and (2) a consumer stuck inside its first job while ``pile``
     messages arrive, checked ``0.6 * window_s`` into the job. ``window_s`` stands for the guide's 300 s.
-    One row per scenario: what each check says, and the queue as the passive declare read it.
+    One row per scenario: what each check says, the queue as the passive declare read it, and what the
+    consumer did next, measured, which says which check was right:
+
+    - ``probe done in s``: once judged, the idle consumer is sent one job: seconds until it finished it
+      (NaN if it never did, 2 s at most): a dead consumer never does it;
+    - ``ready later`` and ``done later``: the queue's ready messages and the jobs the consumer finished
+      ``0.5 * window_s`` after the check: a consumer that works takes the waiting jobs.
     """
 
     rows = []
@@ -40,8 +46,15 @@ def health_scenarios(broker: Broker, queue: str = "health_demo", window_s: float
             time.sleep(1.3 * window_s)
             depth = passive_view(channel, queue)
             verdict = judge(consumer.state(), depth, max_job_s=max_job_s)
-            rows.append({"scenario": "idle consumer, empty queue", "guide says healthy": guide.health_check(),
-                         "voicelab says healthy": verdict.healthy, "voicelab's reason": verdict.reason, **depth})
+            row = {"scenario": "idle consumer, empty queue", "guide says healthy": guide.health_check(),
+                   "voicelab says healthy": verdict.healthy, "voicelab's reason": verdict.reason, **depth}
+            sent, done = time.monotonic(), consumer.state().done
+            publish_bodies(channel, queue, [{"job": "probe"}])
+            while consumer.state().done == done and time.monotonic() - sent < 2.0:
+                time.sleep(0.005)
+            finished = consumer.state().last_done
+            row["probe done in s"] = finished - sent if consumer.state().done > done and finished else float("nan")
+            rows.append(row)
         # 2. stuck: one job never ends while work piles up
         reset_queue(channel, queue)
         release = threading.Event()
@@ -59,8 +72,13 @@ def health_scenarios(broker: Broker, queue: str = "health_demo", window_s: float
             time.sleep(max(0.0, started + 0.6 * window_s - time.monotonic()))
             depth = passive_view(channel, queue)
             verdict = judge(consumer.state(), depth, max_job_s=max_job_s)
-            rows.append({"scenario": "consumer stuck in a job", "guide says healthy": guide.health_check(),
-                         "voicelab says healthy": verdict.healthy, "voicelab's reason": verdict.reason, **depth})
+            row = {"scenario": "consumer stuck in a job", "guide says healthy": guide.health_check(),
+                   "voicelab says healthy": verdict.healthy, "voicelab's reason": verdict.reason, **depth}
+            done = consumer.state().done
+            time.sleep(0.5 * window_s)
+            row["ready later"] = passive_view(channel, queue)["ready"]
+            row["done later"] = consumer.state().done - done
+            rows.append(row)
         finally:
             release.set()
             consumer.stop()

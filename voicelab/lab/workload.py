@@ -30,7 +30,8 @@ from ..broker import Broker
 def publish_paced(broker: Broker, queue: str, rate: float, stop: threading.Event, errors: list[BaseException], *,
                   start: float | None = None, on_publish: Callable[[], None] | None = None,
                   name: str = "") -> None:
-    """Publish persistent messages ``b"0"``, ``b"1"``, ... to ``queue`` at ``rate`` per second until ``stop`` is set.
+    """Publish persistent messages ``b"0"``, ``b"1"``, ... to ``queue`` at ``rate`` per second until ``stop`` is set,
+    each with its ``timestamp`` property (Unix seconds: RabbitMQ reports the head message's as its age).
 
     Message ``i`` goes out at ``start + i / rate`` (``start``: a ``time.monotonic()``, default now), each
     confirmed, so a slow broker makes it late rather than the rate drift. ``on_publish()`` is called
@@ -43,13 +44,14 @@ def publish_paced(broker: Broker, queue: str, rate: float, stop: threading.Event
                             ) as connection:
             channel = connection.channel()
             channel.confirm_delivery()
-            props = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
             t0, i = time.monotonic() if start is None else start, 0
             while not stop.is_set():
                 delay = t0 + i / rate - time.monotonic()
                 if delay > 0:
                     stop.wait(delay)
                     continue
+                props = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent,
+                                             timestamp=int(time.time()))   # seconds: what the broker reports back
                 channel.basic_publish("", queue, str(i).encode(), props)
                 if on_publish is not None:
                     on_publish()
@@ -60,10 +62,14 @@ def publish_paced(broker: Broker, queue: str, rate: float, stop: threading.Event
 
 def consume_jobs(broker: Broker, queue: str, job_s: float, stop: threading.Event, *, prefetch: int = 1,
                  errors: list[BaseException] | None = None, on_settle: Callable[[], None] | None = None,
-                 name: str = "voicelab monitor consumer", reject_every: int = 0) -> None:
+                 name: str = "voicelab monitor consumer", reject_every: int = 0, requeue_every: int = 0,
+                 hold: bool = False) -> None:
     """A consumer thread's body: take jobs from ``queue``, 'work' ``job_s`` s each, ack; until ``stop`` is set.
 
-    ``reject_every=n`` rejects every n-th message without requeue (to its dead-letter queue).
+    ``reject_every=n`` rejects every n-th message without requeue (to its dead-letter queue);
+    ``requeue_every=n`` nacks every n-th delivery with requeue (the broker redelivers it);
+    ``hold=True`` never settles anything: the consumer keeps its ``prefetch`` messages unacked (a hung job,
+    a forgotten ack) until its channel closes.
     ``on_settle()`` is called after each ack or reject. Without ``errors`` a failure is raised.
     """
     try:
@@ -77,9 +83,13 @@ def consume_jobs(broker: Broker, queue: str, job_s: float, stop: threading.Event
                 if method is None:
                     continue
                 n += 1
+                if hold:
+                    continue
                 if job_s:
                     time.sleep(job_s)
-                if reject_every and n % reject_every == 0:
+                if requeue_every and n % requeue_every == 0:
+                    channel.basic_nack(method.delivery_tag, requeue=True)
+                elif reject_every and n % reject_every == 0:
                     channel.basic_reject(method.delivery_tag, requeue=False)
                 else:
                     channel.basic_ack(method.delivery_tag)
