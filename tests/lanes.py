@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ("00", "02", "05", "06", "06b", "08")      # counts, outcomes, ratios shown to hold on a busy machine
+SHARED = ("00", "02", "05", "06", "06b", "08", "10")      # counts, outcomes, ratios shown to hold on a busy machine
 ALONE = ("01", "03", "04", "07")              # absolute rates, cores, staleness: measured alone
 COUNTS = ("passed", "failed", "errors", "skipped")
 

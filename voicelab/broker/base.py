@@ -23,6 +23,7 @@ import random
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import urllib.parse
@@ -38,6 +39,7 @@ import requests
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from . import reaper
+from .tls import TlsFiles
 
 DEFAULT_IMAGE = "rabbitmq:4.3-management"
 STATS_INTERVAL_MS = 1000  # event emission interval (default 5000); queue counters still refresh every 5 s
@@ -154,6 +156,14 @@ def explain_connect_error(error: BaseException, params: pika.ConnectionParameter
     if any(isinstance(c, pika.exceptions.ProbableAccessDeniedError) for c in causes) or "NOT_ALLOWED" in text:
         return (f"user {user!r} may not use virtual host {params.virtual_host!r} on {where}, or it does not exist "
                 "(the default one is '/', %2F in a URL)")
+    verify = [c for c in causes if isinstance(c, ssl.SSLCertVerificationError)]
+    if verify:
+        return (f"the TLS handshake with {where} failed: this client did not accept the broker's certificate "
+                f"({verify[0].verify_message}): is the context's CA the one that signed it, is the certificate "
+                "still valid, and does it name the host you connect to (server_hostname)?")
+    if any(isinstance(c, ssl.SSLError) for c in causes):
+        return (f"the TLS handshake with {where} failed ({text}): a plain AMQP port, or the broker refused this "
+                "client's certificate (or its lack of one)?")
     if any(isinstance(c, ConnectionRefusedError) for c in causes) or "Connection refused" in text:
         return (f"nothing accepts connections at {where} (connection refused): is the broker running, and is "
                 "that its AMQP port (5672 by default)?")
@@ -262,8 +272,13 @@ class Broker(ABC):
     backend: str = ""
     can_control: bool = True
 
-    def __init__(self, settings: Mapping[str, int] | None = None) -> None:
+    def __init__(self, settings: Mapping[str, int] | None = None, tls: TlsFiles | None = None) -> None:
         self.settings = check_settings(settings)
+        if tls is not None and not isinstance(tls, TlsFiles):
+            raise TypeError(f"tls must be a voicelab.broker.tls.TlsFiles, got {tls!r}")
+        self.tls = tls
+        self.tls_port: int | None = None
+        self._tls_dir: Path | None = None  # the broker's own copy of the TLS files (see tls.TlsFiles.copy_to)
         self.host = "127.0.0.1"
         self.port = 0
         self.management_port: int | None = None
@@ -307,6 +322,49 @@ class Broker(ABC):
         kwargs.update(overrides)
         return pika.ConnectionParameters(**kwargs)
 
+    @property
+    def amqps_url(self) -> str | None:
+        """The AMQP-over-TLS URL (``amqps://...``), or None when this broker has no TLS listener."""
+        if self.tls_port is None:
+            return None
+        return self.amqp_url.replace("amqp://", "amqps://", 1).replace(f":{self.port}/", f":{self.tls_port}/", 1)
+
+    def tls_context(self, cafile: str | os.PathLike[str] | None = None) -> ssl.SSLContext:
+        """A client ``ssl.SSLContext`` that verifies the broker's certificate against ``cafile`` (default: the
+        CA file this broker was given) and its host name: ``ssl.create_default_context(cafile=...)``."""
+        if cafile is None:
+            if self.tls is None:
+                raise BrokerError(f"{self!r} has no TLS listener: start it with tls=TlsFiles(...)")
+            cafile = self.tls.cacertfile
+        return ssl.create_default_context(cafile=str(cafile))
+
+    def tls_parameters(self, context: ssl.SSLContext | None = None, *, server_hostname: str | None = None,
+                       **overrides: Any) -> pika.ConnectionParameters:
+        """pika parameters for the TLS listener: ``ssl_options=pika.SSLOptions(context, server_hostname)``.
+
+        ``context`` defaults to :meth:`tls_context`; ``server_hostname`` (the name checked against the
+        certificate, and sent as SNI) defaults to the host connected to, ``127.0.0.1``.
+        """
+        if self.tls_port is None:
+            raise BrokerError(f"{self!r} has no TLS listener: start it with tls=TlsFiles(...)")
+        options = pika.SSLOptions(context or self.tls_context(), server_hostname or self.host)
+        return self.parameters(**{"port": self.tls_port, "ssl_options": options, **overrides})
+
+    def reload_tls(self) -> None:
+        """Make new TLS handshakes read the certificate files again (``ssl:clear_pem_cache()`` on the node):
+        how a certificate is rotated without a restart. Connections already open keep their session."""
+        code, out = self._rabbitmqctl("eval", "ssl:clear_pem_cache().")
+        if code != 0 or "ok" not in out:
+            raise BrokerError(f"could not clear the broker's PEM cache: {out.strip()[:300]}")
+
+    def rotate_certificate(self, certfile: str | os.PathLike[str], keyfile: str | os.PathLike[str]) -> None:
+        """Replace the broker's certificate and key (the files it reads, in place) and :meth:`reload_tls`."""
+        from . import tls as _tls
+        if self._tls_dir is None:
+            raise BrokerError(f"{self!r} has no TLS files of its own: start it with tls=TlsFiles(...)")
+        _tls.rotate(self._tls_dir, certfile, keyfile)
+        self.reload_tls()
+
     def connect(self, **overrides: Any) -> pika.BlockingConnection:
         """Open a new ``pika.BlockingConnection``; use it in a ``with`` block so it closes.
 
@@ -317,8 +375,9 @@ class Broker(ABC):
             return pika.BlockingConnection(params)
         except ConnectFailed:
             raise
-        except (pika.exceptions.AMQPConnectionError, socket.gaierror) as e:
-            raise ConnectFailed(f"{explain_connect_error(e, params)} [{mask_url(self.amqp_url)}]") from e
+        except (pika.exceptions.AMQPConnectionError, socket.gaierror, ssl.SSLError) as e:
+            url = self.amqps_url if params.ssl_options else self.amqp_url
+            raise ConnectFailed(f"{explain_connect_error(e, params)} [{mask_url(url or self.amqp_url)}]") from e
 
     @property
     def version(self) -> str:

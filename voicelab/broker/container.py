@@ -11,12 +11,20 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 import uuid
+from pathlib import Path
 from typing import Any, Mapping
 
 from .base import (DEFAULT_IMAGE, STATS_INTERVAL_MS, Broker, BrokerError, erl_args, BrokerUnavailable, PortInUse, free_port,
                    run_id)
 from .engine import image_present, pull_image, remove_labelled
+from . import tls as _tls
+from .tls import TlsFiles
+
+TLS_FOLDER = "/etc/rabbitmq/tls"  # where the container reads its TLS files
+TLS_CONF = "/etc/rabbitmq/conf.d/60-voicelab-tls.conf"  # read after the image's own conf.d files
+IMAGE_PLUGINS = ("rabbitmq_management", "rabbitmq_prometheus")  # the image's enabled_plugins
 
 PORT_TAKEN = ("port is already allocated", "address already in use")  # what Docker says when a host port is taken
 
@@ -73,12 +81,14 @@ class ContainerBroker(Broker):
 
     backend = "container"
 
-    def __init__(self, image: str | None = None, settings: Mapping[str, int] | None = None) -> None:
-        super().__init__(settings)
+    def __init__(self, image: str | None = None, settings: Mapping[str, int] | None = None,
+                 tls: TlsFiles | None = None) -> None:
+        super().__init__(settings, tls)
         self.image = image or os.environ.get("VOICELAB_RABBITMQ_IMAGE") or DEFAULT_IMAGE
         self._container: Any = None
         self._id = uuid.uuid4().hex  # labels this broker's container, so that stop() finds it in every state
         self._watched = False
+        self._tls_root: Path | None = None  # this broker's TLS files and conf.d file (bind-mounted), if any
 
     def _wrapped(self) -> Any:
         if self._container is None:
@@ -97,6 +107,8 @@ class ContainerBroker(Broker):
 
     def _choose_ports(self) -> None:
         self.port, self.management_port, self.prometheus_port = free_port(), free_port(), free_port()
+        if self.tls is not None:
+            self.tls_port = free_port()
 
     def _launch(self) -> None:
         if self._container is not None:  # after kill(): the same container, its data and ports
@@ -114,6 +126,8 @@ class ContainerBroker(Broker):
         c.ports[5672] = ("127.0.0.1", self.port)
         c.ports[15672] = ("127.0.0.1", self.management_port)
         c.ports[15692] = ("127.0.0.1", self.prometheus_port)
+        if self.tls is not None:
+            self._mount_tls(c)
         c.with_env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
                    erl_args({"collect_statistics_interval": STATS_INTERVAL_MS, **self.settings}))
         labels = {"org.voicelab.owner-pid": str(os.getpid()), "org.voicelab.broker-id": self._id}
@@ -127,6 +141,23 @@ class ContainerBroker(Broker):
             self._raise_if_port_taken(e)
             raise
 
+    def _mount_tls(self, c: Any) -> None:
+        """The TLS files and a conf.d file, read-only bind mounts of this broker's own copies (deleted by stop());
+        the TLS port on 127.0.0.1 like the others. Bind mounts: the Docker engine must run on this machine."""
+        assert self.tls is not None and self.tls_port is not None
+        if self._tls_root is None:
+            self._tls_root = Path(tempfile.mkdtemp(prefix=f"voicelab-tls-{os.getpid()}-"))
+        folder = self._tls_dir = self.tls.copy_to(self._tls_root / "tls")
+        conf = self._tls_root / "60-voicelab-tls.conf"
+        _tls.write_in_place(conf, self.tls.conf("5671", TLS_FOLDER).encode())
+        for name in _tls.FILES:
+            c.with_volume_mapping(str(folder / name), f"{TLS_FOLDER}/{name}", "ro")
+        c.with_volume_mapping(str(conf), TLS_CONF, "ro")
+        c.with_exposed_ports(5671)
+        c.ports[5671] = ("127.0.0.1", self.tls_port)
+        if self.tls.cert_login:  # replaces the image's enabled_plugins file (RABBITMQ_ENABLED_PLUGINS, rabbit_env)
+            c.with_env("RABBITMQ_ENABLED_PLUGINS", ",".join((*IMAGE_PLUGINS, _tls.CERT_LOGIN_PLUGIN)))
+
     def _start_wrapped(self) -> None:
         try:
             self._wrapped().start()
@@ -137,14 +168,18 @@ class ContainerBroker(Broker):
     def _raise_if_port_taken(self, error: Exception) -> None:
         text = str(error).lower()
         if any(s in text for s in PORT_TAKEN):
-            taken = [p for p in (self.port, self.management_port, self.prometheus_port) if f":{p}" in text]
+            taken = [p for p in (self.port, self.management_port, self.prometheus_port, self.tls_port)
+                     if p and f":{p}" in text]
             raise PortInUse(taken[0] if taken else self.port, f" (docker said: {error})") from None
 
     def _watch(self) -> dict[str, Any] | None:
         if self._watched:  # the watchdog of its first start still watches the same container
             return None
         self._watched = True
-        return {"container_id": self._wrapped().id}
+        watch: dict[str, Any] = {"container_id": self._wrapped().id}
+        if self._tls_root is not None:
+            watch["path"] = str(self._tls_root)
+        return watch
 
     def _check_alive(self) -> None:
         wrapped = self._wrapped()
@@ -171,6 +206,8 @@ class ContainerBroker(Broker):
             # a container that was created but never started (a port was taken) is not known to testcontainers
             with contextlib.suppress(Exception):
                 remove_labelled(f"org.voicelab.broker-id={self._id}")
+        _tls.remove(self._tls_root)
+        self._tls_root = self._tls_dir = None
         self._watched = False
 
     def kill(self) -> None:

@@ -28,6 +28,7 @@ from . import reaper
 from .base import (HOW_TO_GET_A_BROKER, STATS_INTERVAL_MS, Broker, BrokerError, erl_args, BrokerUnavailable, PortInUse,
                    free_port, run_id)
 from .epmd import epmd_names, stop_idle_epmd
+from .tls import CERT_LOGIN_PLUGIN, TlsFiles
 
 PLUGINS = "[rabbitmq_management,rabbitmq_prometheus]."
 PORT_TAKEN = ("eaddrinuse", "dist_port_already_used")  # a listener's port, or the Erlang distribution port
@@ -95,8 +96,9 @@ class LocalBroker(Broker):
 
     backend = "local"
 
-    def __init__(self, server: str | None = None, settings: Mapping[str, int] | None = None) -> None:
-        super().__init__(settings)
+    def __init__(self, server: str | None = None, settings: Mapping[str, int] | None = None,
+                 tls: TlsFiles | None = None) -> None:
+        super().__init__(settings, tls)
         server = server or find_rabbitmq_server()
         if server is None:
             raise BrokerUnavailable("rabbitmq-server is not installed.\n" + HOW_TO_GET_A_BROKER)
@@ -116,12 +118,21 @@ class LocalBroker(Broker):
     def _choose_ports(self) -> None:
         self.port, self.management_port = free_port(), free_port()
         self.prometheus_port, self.dist_port = free_port(), free_port()
+        if self.tls is not None:
+            self.tls_port = free_port()
 
     def _write_config(self) -> Path:
         tag = f"r{run_id()}-" if run_id() else ""
         d = Path(tempfile.mkdtemp(prefix=f"voicelab-node-{os.getpid()}-{tag}"))
-        (d / "enabled_plugins").write_text(PLUGINS + "\n")
-        (d / "rabbitmq.conf").write_text(
+        plugins = PLUGINS
+        if self.tls is not None and self.tls.cert_login:
+            plugins = PLUGINS.replace("]", f",{CERT_LOGIN_PLUGIN}]")
+        (d / "enabled_plugins").write_text(plugins + "\n")
+        tls_conf = ""
+        if self.tls is not None:  # the node's own copy of the files, in its folder (deleted by stop())
+            self._tls_dir = self.tls.copy_to(d / "tls")
+            tls_conf = self.tls.conf(f"127.0.0.1:{self.tls_port}", str(self._tls_dir))
+        (d / "rabbitmq.conf").write_text(tls_conf + 
             f"listeners.tcp.1 = 127.0.0.1:{self.port}\n"
             f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.management_port}\n"
             f"prometheus.tcp.ip = 127.0.0.1\nprometheus.tcp.port = {self.prometheus_port}\n"
@@ -147,6 +158,10 @@ class LocalBroker(Broker):
             RABBITMQ_CONF_ENV_FILE=str(d / "rabbitmq-env.conf"),
             RABBITMQ_PID_FILE=str(d / "rabbitmq.pid"),
         )
+        # Loopback only, like every other port of this node: the Erlang distribution port (used by rabbitmqctl,
+        # guarded by the cookie) would otherwise listen on all interfaces, and so would an epmd this node starts.
+        env["RABBITMQ_SERVER_START_ARGS"] = "-kernel inet_dist_use_interface {127,0,0,1}"
+        env["ERL_EPMD_ADDRESS"] = "127.0.0.1"
         if self.settings:
             env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] = erl_args(self.settings)
         return env
@@ -185,7 +200,7 @@ class LocalBroker(Broker):
 
     def _taken_port(self, log: str) -> int:
         """Which of the node's ports its log says it could not bind (the AMQP port when it does not say)."""
-        for port in (self.port, self.management_port, self.prometheus_port, self.dist_port):
+        for port in (self.port, self.management_port, self.prometheus_port, self.dist_port, self.tls_port):
             if port and re.search(rf"\b{port}\b", log):
                 return port
         return self.port
@@ -240,3 +255,4 @@ class LocalBroker(Broker):
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
+            self._tls_dir = None

@@ -33,6 +33,7 @@ from .base import DEFAULT_IMAGE, HOW_TO_GET_A_BROKER, Broker, BrokerError, Broke
 from .container import ContainerBroker
 from .engine import docker_engine
 from .local import LocalBroker, find_rabbitmq_server
+from .tls import TlsFiles
 from .url import UrlBroker
 
 Backend = Literal["auto", "url", "container", "local"]
@@ -76,10 +77,11 @@ def may_fall_back() -> bool:
 
 
 def make_broker(backend: Backend = "auto", image: str | None = None,
-                settings: Mapping[str, int] | None = None) -> Broker:
+                settings: Mapping[str, int] | None = None, tls: TlsFiles | None = None) -> Broker:
     """Create (but do not start) a broker of ``backend``; ``"auto"`` takes :func:`choose_backend`'s choice.
 
-    ``settings``: RabbitMQ settings for a broker voicelab starts (see :func:`own_broker`).
+    ``settings``: RabbitMQ settings for a broker voicelab starts (see :func:`own_broker`); ``tls``: a TLS
+    listener for it (:class:`~voicelab.broker.tls.TlsFiles`).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, not {backend!r}")
@@ -88,8 +90,8 @@ def make_broker(backend: Backend = "auto", image: str | None = None,
         if backend == "none":
             raise BrokerUnavailable(HOW_TO_GET_A_BROKER)
     if backend == "url":
-        if settings:
-            raise ValueError("settings apply to a broker voicelab starts, not to VOICELAB_AMQP_URL's: "
+        if settings or tls:
+            raise ValueError("settings and tls apply to a broker voicelab starts, not to VOICELAB_AMQP_URL's: "
                              "use backend 'container' or 'local'")
         url = os.environ.get("VOICELAB_AMQP_URL")
         if not url:
@@ -102,8 +104,8 @@ def make_broker(backend: Backend = "auto", image: str | None = None,
         ok, detail = docker_engine()
         if not ok:
             raise BrokerUnavailable(f"backend 'container': {detail}.\n" + HOW_TO_GET_A_BROKER)
-        return ContainerBroker(image, settings)
-    return LocalBroker(settings=settings)
+        return ContainerBroker(image, settings, tls)
+    return LocalBroker(settings=settings, tls=tls)
 
 
 def start_broker(backend: Backend = "auto", image: str | None = None) -> Broker:
@@ -119,17 +121,18 @@ def start_broker(backend: Backend = "auto", image: str | None = None) -> Broker:
     return make_broker(backend, image).start()
 
 
-def _start_on_this_machine(image: str | None, settings: Mapping[str, int] | None = None) -> Broker:
+def _start_on_this_machine(image: str | None, settings: Mapping[str, int] | None = None,
+                           tls: TlsFiles | None = None) -> Broker:
     """A container (or, when Docker cannot provide one and nothing was forced, a local node)."""
     backend, _ = choose_backend() if os.environ.get("VOICELAB_BACKEND") else ("auto", "")
     if backend != "auto":
-        return make_broker(backend, image, settings).start()  # type: ignore[arg-type]
+        return make_broker(backend, image, settings, tls).start()  # type: ignore[arg-type]
     ok, detail = docker_engine()
     if not ok:
         if find_rabbitmq_server() is None:
             raise BrokerUnavailable(HOW_TO_GET_A_BROKER)
-        return LocalBroker(settings=settings).start()
-    container = ContainerBroker(image, settings)
+        return LocalBroker(settings=settings, tls=tls).start()
+    container = ContainerBroker(image, settings, tls)
     if image is not None or not may_fall_back():
         return container.start()
     try:
@@ -137,7 +140,7 @@ def _start_on_this_machine(image: str | None, settings: Mapping[str, int] | None
     except BrokerError as container_error:
         first = str(container_error).splitlines()[0]
         try:
-            local = LocalBroker(settings=settings).start()
+            local = LocalBroker(settings=settings, tls=tls).start()
         except BrokerError as local_error:
             raise BrokerUnavailable(
                 f"No backend could start a broker.\n- Docker ({container.image}): {container_error}\n"
@@ -149,11 +152,13 @@ def _start_on_this_machine(image: str | None, settings: Mapping[str, int] | None
 
 
 @contextlib.contextmanager
-def own_broker(image: str | None = None, *, settings: Mapping[str, int] | None = None) -> Iterator[Broker]:
+def own_broker(image: str | None = None, *, settings: Mapping[str, int] | None = None,
+               tls: TlsFiles | None = None) -> Iterator[Broker]:
     """A broker voicelab controls (for restart and crash demos), even when ``VOICELAB_AMQP_URL`` is set.
 
     ``settings``: RabbitMQ ``rabbit`` application settings (``advanced.config`` names, integers), e.g.
     ``{"consumer_timeout": 3000}``, for a lesson about a setting (see :func:`check_settings`).
+    ``tls``: start it with a TLS listener too (:class:`~voicelab.broker.tls.TlsFiles`; ``broker.tls_parameters()``).
 
     Example::
 
@@ -163,7 +168,7 @@ def own_broker(image: str | None = None, *, settings: Mapping[str, int] | None =
     """
     check_settings(settings)  # a wrong name or value says so before a broker starts
     try:
-        broker = _start_on_this_machine(image, settings)
+        broker = _start_on_this_machine(image, settings, tls)
     except BrokerUnavailable as e:
         raise BrokerUnavailable(f"a restart or crash demo needs a broker voicelab starts itself.\n{e}") from None
     with broker:
