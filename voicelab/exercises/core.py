@@ -33,8 +33,10 @@ That was the last hint: demo.q1.solution() shows a reference solution.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import textwrap
+import types
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -204,3 +206,156 @@ def measure_against_target(measure: Callable[[], tuple[Any, ...]], capacity: flo
             return result, ""
     return result, (f" This machine was busy: {result[0]:.0f} jobs/s measured, twice, against the {capacity:.0f} "
                     f"jobs/s the design allows; on an idle machine it reaches the target.")
+
+
+class WorkerKilled(BaseException):
+    """The checker killed the learner's worker at one of its broker calls (a stand-in for SIGKILL).
+
+    A ``BaseException``: ``except Exception`` does not catch it. A bare ``except:`` does, but a killed worker's
+    later calls have no effect (:class:`CrashingChannel` refuses them), as nothing a dead process does reaches
+    the broker.
+    """
+
+
+BROKER_CALLS = ("basic_publish", "basic_ack", "basic_nack", "basic_reject")
+"""The channel methods whose effect a crash can split: the learner's worker can be killed just before any of them."""
+
+
+class CrashingChannel:
+    """A proxy of a pika channel that counts the learner's :data:`BROKER_CALLS` and can kill the worker at one.
+
+    ``kill_at=k``: the k-th broker call never goes out; :class:`WorkerKilled` is raised instead and the proxy
+    is dead from then on (every method raises :class:`WorkerKilled` and does nothing). ``log`` keeps the calls
+    that went out as ``(name, requeue)`` (``requeue`` for nack/reject, else None); ``next_call`` names the call
+    the kill stopped. ``before(name, args, kwargs)``, if given, runs before each call goes out: it may watch
+    (delivery tags) or kill (raise :class:`WorkerKilled`). Other attributes are the channel's.
+
+    >>> class Fake:
+    ...     def basic_ack(self, tag): return "acked"
+    ...     def basic_publish(self, *a, **kw): return "sent"
+    >>> ch = CrashingChannel(Fake(), kill_at=2)
+    >>> ch.basic_ack(1)
+    'acked'
+    >>> try:
+    ...     ch.basic_publish("", "q", b"x")
+    ... except WorkerKilled:
+    ...     print("killed before", ch.next_call, "after", ch.log)
+    killed before basic_publish after [('basic_ack', None)]
+    """
+
+    def __init__(self, channel: Any, kill_at: int | None = None,
+                 before: Callable[[str, tuple[Any, ...], dict[str, Any]], None] | None = None) -> None:
+        self._channel = channel
+        self.kill_at = kill_at
+        self.before = before
+        self.calls = 0
+        self.dead = False
+        self.next_call = ""
+        self.log: list[tuple[str, bool | None]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if self.dead:
+            raise WorkerKilled(f"the worker was killed before its {self.next_call}")
+        attr = getattr(self._channel, name)
+        if name not in BROKER_CALLS:
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self.dead:
+                raise WorkerKilled(f"the worker was killed before its {self.next_call}")
+            self.calls += 1
+            try:
+                if self.kill_at is not None and self.calls >= self.kill_at:
+                    raise WorkerKilled(f"the worker was killed before its {name}")
+                if self.before is not None:
+                    self.before(name, args, kwargs)
+            except WorkerKilled:
+                self.dead, self.next_call = True, name
+                raise
+            self.log.append((name, _requeue(name, args, kwargs)))
+            return attr(*args, **kwargs)
+
+        return call
+
+    @property
+    def requeues(self) -> int:
+        """Calls of basic_nack/basic_reject that put the message back in its queue."""
+        return sum(1 for _, requeue in self.log if requeue)
+
+
+def _requeue(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool | None:
+    """The ``requeue`` of a basic_nack(tag, multiple, requeue) or basic_reject(tag, requeue) call (pika's
+    default: True); None for other calls."""
+    position = {"basic_nack": 2, "basic_reject": 1}.get(name)
+    if position is None:
+        return None
+    if "requeue" in kwargs:
+        return bool(kwargs["requeue"])
+    return bool(args[position]) if len(args) > position else True
+
+
+_STATE_TYPES = (dict, list, set)
+
+
+def fresh_worker(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` as a freshly started worker process would run it: with copies of the state it keeps in memory.
+
+    Its default arguments, its closure's cells and the containers (dict, list, set and their subclasses) its
+    module holds under the names its code uses are deep-copied; so a count kept there starts again, as it
+    would after a restart or in another process of a fleet. Anything that cannot be copied is shared.
+    A checker copies ``fn`` once before any call (its state as a new process starts with it), then starts
+    each worker from that copy.
+
+    >>> def count(key, _seen={}):
+    ...     _seen[key] = _seen.get(key, 0) + 1
+    ...     return _seen[key]
+    >>> pristine = fresh_worker(count)
+    >>> one, two = fresh_worker(pristine), fresh_worker(pristine)
+    >>> one("a"), one("a"), two("a"), count("a")
+    (1, 2, 1, 1)
+    """
+    if isinstance(fn, types.MethodType):
+        return types.MethodType(fresh_worker(fn.__func__), _copied(fn.__self__, objects=True))
+    if not isinstance(fn, types.FunctionType):
+        return fn
+    namespace = fn.__globals__
+    names = [n for n in _code_names(fn.__code__) if isinstance(namespace.get(n), _STATE_TYPES)]
+    if names:
+        namespace = dict(namespace)
+        namespace.update({n: _copied(namespace[n]) for n in names})
+    closure = tuple(types.CellType(_copied(c.cell_contents)) if _has_contents(c) else c
+                    for c in fn.__closure__) if fn.__closure__ else None
+    copied = types.FunctionType(fn.__code__, namespace, fn.__name__, _copied(fn.__defaults__), closure)
+    copied.__kwdefaults__ = _copied(fn.__kwdefaults__)
+    return copied
+
+
+def _code_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
+
+
+def _has_contents(cell: types.CellType) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
+def _copied(value: Any, objects: bool = False) -> Any:
+    """A deep copy of ``value`` if it is a container of state (or, with ``objects``, any instance with
+    attributes, e.g. the worker object of a bound method); tuples item by item; anything else as it is."""
+    if isinstance(value, tuple):
+        return tuple(_copied(v) for v in value)
+    stateful = isinstance(value, _STATE_TYPES) or (objects and hasattr(value, "__dict__") and not isinstance(
+        value, (types.ModuleType, type, types.FunctionType, types.MethodType)))
+    if not stateful:
+        return value
+    try:
+        return copy.deepcopy(value)
+    except Exception:  # noqa: BLE001 - holds a connection, a lock, a socket: shared, as it cannot be copied
+        return value
