@@ -156,6 +156,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # This process's brokers, and any a notebook kernel or child process started: all must be gone.
     run = vb.run_id()
     leaks = owned_containers(run=run) + beam_processes(f"-r{run}-")
+    with contextlib.suppress(Exception):   # no Docker engine: no cluster either
+        from voicelab.broker.cluster import leftovers
+        leaks += [found for found in leftovers(run=run) if found.startswith("network ")]   # a cluster's network
     if leaks:
         print(f"\nLEAK: the test run left brokers behind: {leaks}")
         session.exitstatus = 1

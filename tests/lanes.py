@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ("00", "02", "05", "06", "06b", "08", "10")      # counts, outcomes, ratios shown to hold on a busy machine
+SHARED = ("00", "02", "05", "06", "06b", "08", "09", "10")      # counts, outcomes, ratios shown to hold on a busy machine
 ALONE = ("01", "03", "04", "07")              # absolute rates, cores, staleness: measured alone
+OLDEST = ("09", "10")   # the chapters beyond the guide, also on the oldest image (3.10): a cluster, TLS and accounts
 COUNTS = ("passed", "failed", "errors", "skipped")
 
 
@@ -35,6 +36,7 @@ COUNTS = ("passed", "failed", "errors", "skipped")
 class Lane:
     name: str
     args: list[str]
+    env: dict[str, str] = field(default_factory=dict)   # on top of this process's environment
     proc: subprocess.Popen | None = None
     started: float = 0.0
     seconds: float = 0.0
@@ -46,7 +48,7 @@ class Lane:
 
     def start(self, run_id: str) -> None:
         self.log.parent.mkdir(exist_ok=True)
-        env = {**os.environ, "VOICELAB_RUN_ID": f"{run_id}{self.name.replace('-', '')}"}
+        env = {**os.environ, **self.env, "VOICELAB_RUN_ID": f"{run_id}{self.name.replace('-', '')}"}
         env.pop("VOICELAB_AMQP_URL", None)  # each lane starts its own brokers
         self.started = time.monotonic()
         self.proc = subprocess.Popen([sys.executable, "-m", "pytest", *self.args], cwd=ROOT, env=env,
@@ -99,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     stage1 = [Lane("units", ["-n", str(a.workers), "--dist", "loadfile", "tests"]),
               Lane("notebooks-shared", notebooks(SHARED))]
+    images = [i for i in os.environ.get("VOICELAB_TEST_IMAGES", "").split(",") if i]
+    if len(images) > 1:   # the newest image runs them in notebooks-shared
+        stage1.append(Lane("notebooks-oldest", notebooks(OLDEST), env={"VOICELAB_RABBITMQ_IMAGE": images[0]}))
     stage2 = [Lane("notebooks-alone", notebooks(ALONE))]
     codes = []
     for stage in (stage1, stage2):
