@@ -543,3 +543,24 @@ def ch05_fast_window(broker, queue, bodies):
     report = ReliablePublisher(broker.parameters(), window=1000, deadline=60).publish(queue, bodies,
                                                                                     properties=PERSISTENT)
     return [bodies[i] for i in report.confirmed]
+
+
+# -- how the tests judge a checker's verdict ---------------------------------------------------------
+
+def stub(*args):
+    """A learner's unsolved stub (any chapter's signature)."""
+    raise NotImplementedError
+
+
+def fails(exercise, answer, *words):
+    """Run ``answer``; it must fail, and its message must contain every one of ``words``."""
+    result = exercise.run(answer)
+    assert not result.passed and result.attempted, result.message
+    missing = [w for w in words if w not in result.message]
+    assert not missing, f"{answer.__name__}: {missing} not in: {result.message}"
+
+
+def passes(exercise, answer):
+    result = exercise.run(answer)
+    assert result.passed, f"{getattr(answer, '__name__', answer)}: {result.message}"
+    return result.message

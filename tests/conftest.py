@@ -84,19 +84,22 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests on ``any_broker`` run on the newest image only, unless marked ``all_versions``.
+    """Tests on ``any_broker`` run on the newest image only, unless marked ``all_versions`` (every image) or
+    ``ends_versions`` (the oldest and the newest: the exercise checkers, whose verdicts must hold at both ends).
 
     A test whose subject differs between RabbitMQ versions (durability, quorum delivery limits,
     retries, monitoring endpoints) carries the marker and runs on every image; a test of voicelab's
     own mechanics runs once. ``VOICELAB_ALL_VERSIONS=1`` runs every test on every image.
     """
-    newest = images()[-1]
+    oldest, newest = images()[0], images()[-1]
     if os.environ.get("VOICELAB_ALL_VERSIONS") == "1" or len(images()) < 2:
         return
     keep, drop = [], []
     for item in items:
         param = getattr(getattr(item, "callspec", None), "params", {}).get("any_broker")
-        if param and param[0] == "container" and param[1] != newest and not item.get_closest_marker("all_versions"):
+        wanted = ((oldest, newest) if item.get_closest_marker("ends_versions")
+                  else images() if item.get_closest_marker("all_versions") else (newest,))
+        if param and param[0] == "container" and param[1] not in wanted:
             drop.append(item)
         else:
             keep.append(item)

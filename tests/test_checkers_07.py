@@ -131,4 +131,4 @@ def test_stub_is_reported_not_raised(as_shared: vb.Broker) -> None:
     assert not ch07.q1.run(alert).attempted
 
 
-pytestmark = pytest.mark.all_versions
+pytestmark = pytest.mark.ends_versions
