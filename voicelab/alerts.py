@@ -84,6 +84,26 @@ def increase(window: pd.DataFrame, column: str, over_s: float) -> float:
     return float(np.where(steps >= 0, steps, values[1:]).sum())
 
 
+def held(window: pd.DataFrame, condition: pd.Series, for_s: float) -> bool:
+    """Whether ``condition`` (one bool per sample of ``window``) has held for ``for_s`` s: at every sample from
+    the last one taken ``for_s`` s ago or earlier up to now, as Prometheus's ``for:`` means it. False when no
+    sample is that old. (Only the samples of the last ``for_s`` s would let it fire up to one sample interval
+    early: samples 0.5 s apart would show 2.5 s as 3.)
+
+    >>> w = pd.DataFrame({"t": [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]})
+    >>> held(w, pd.Series([False, True, True, True, True, True, True]), for_s=3.0)
+    False
+    >>> held(w, pd.Series([True] * 7), for_s=3.0), held(w, pd.Series([True] * 7), for_s=3.5)
+    (True, False)
+    """
+    t = window["t"].to_numpy()
+    old = t <= t[-1] - for_s
+    if not old.any():
+        return False
+    since = t >= t[old][-1]
+    return bool(condition.to_numpy()[since].all())
+
+
 def predicted_drain_s(ready_plus_unacked: float, ack_rate: float, publish_rate: float) -> float:
     """The drain estimate: seconds until the backlog is gone if the rates hold, ``L / (mu - lambda)``; inf if
     it does not shrink.
@@ -124,11 +144,8 @@ def no_consumers(for_s: float = 2.0) -> Rule:
     whose consumers should always be attached is better watched by the fleet's own health check).
     """
     def rule(window: pd.DataFrame) -> str | None:
-        w = window[window["t"] >= window["t"].iloc[-1] - for_s]
-        if window["t"].iloc[-1] - window["t"].iloc[0] < for_s:
-            return None
-        if (w["consumers"] == 0).all() and (depth(w) > 0).all():
-            return f"no consumer for {for_s:g} s while {depth(w).iloc[-1]:.0f} messages wait"
+        if held(window, (window["consumers"] == 0) & (depth(window) > 0), for_s):
+            return f"no consumer for {for_s:g} s while {depth(window).iloc[-1]:.0f} messages wait"
         return None
     rule.__name__ = "no consumers"
     return rule
@@ -158,12 +175,10 @@ def low_utilisation(below: float = 0.6, min_ready: int = 20, for_s: float = 3.0)
     """Fires when consumer utilisation stayed below ``below`` while at least ``min_ready`` messages waited,
     for ``for_s`` s (a burst saturates the consumers for a moment: that is what consumers are for)."""
     def rule(window: pd.DataFrame) -> str | None:
-        if window["t"].iloc[-1] - window["t"].iloc[0] < for_s:
-            return None
-        w = window[window["t"] >= window["t"].iloc[-1] - for_s]
-        low = (w["ready"] >= min_ready) & (w["consumers"] > 0) & (w["utilisation"] < below)  # NaN: not low
-        if low.all():
-            last = w.iloc[-1]
+        # a NaN utilisation (no figure yet) is not low
+        low = (window["ready"] >= min_ready) & (window["consumers"] > 0) & (window["utilisation"] < below)
+        if held(window, low, for_s):
+            last = window.iloc[-1]
             return (f"consumer utilisation {last['utilisation']:.0%} with {last['ready']:.0f} ready for {for_s:g} s: "
                     "consumers cannot take more")
         return None
@@ -209,10 +224,9 @@ def unacked_stuck(for_s: float = 3.0) -> Rule:
     after ``consumer_timeout``, 30 minutes by default, where it applies: 4.3 no longer evaluates it for
     classic queues). A busy consumer acks: it never fires that."""
     def rule(window: pd.DataFrame) -> str | None:
-        w = window[window["t"] >= window["t"].iloc[-1] - for_s]
         acked = increase(window, "acked", for_s)
-        if acked == 0 and (w["unacked"] > 0).all():
-            return f"{w['unacked'].iloc[-1]:.0f} message(s) unacked and none acked for {for_s:g} s"
+        if acked == 0 and held(window, window["unacked"] > 0, for_s):
+            return f"{window['unacked'].iloc[-1]:.0f} message(s) unacked and none acked for {for_s:g} s"
         return None
     rule.__name__ = "unacked stuck"
     return rule
@@ -264,9 +278,8 @@ def publishers_blocked(for_s: float = 1.0) -> Rule:
     """Fires when connections have been blocked (or blocking) for ``for_s`` s: the publishers' side of an alarm,
     as the management API lists it; a client sees it as ``connection.blocked``."""
     def rule(window: pd.DataFrame) -> str | None:
-        w = window[window["t"] >= window["t"].iloc[-1] - for_s]
-        if window["t"].iloc[-1] - window["t"].iloc[0] >= for_s and (w["blocked"] > 0).all():
-            return f"{w['blocked'].iloc[-1]:.0f} connection(s) blocked for {for_s:g} s"
+        if held(window, window["blocked"] > 0, for_s):
+            return f"{window['blocked'].iloc[-1]:.0f} connection(s) blocked for {for_s:g} s"
         return None
     rule.__name__ = "publishers blocked"
     return rule

@@ -21,10 +21,44 @@ import requests
 from .broker import Broker, BrokerError
 
 
+def get_once_more_if_dropped(session: requests.Session, url: str, **kwargs: Any) -> requests.Response:
+    """``session.get(url)``, sent once more on a new connection if the server closed the kept-alive connection
+    the request went out on ("Remote end closed connection without response"): the broker's HTTP server closes
+    a connection idle for a few seconds, and a request sent at that moment is lost. A busy machine makes that
+    race likely (seen in CI at load average 20). Any other failure, and a second one, is raised."""
+    try:
+        return session.get(url, **kwargs)
+    except requests.ConnectionError as e:
+        if "RemoteDisconnected" not in repr(e) and "Remote end closed connection" not in str(e):
+            raise
+        return session.get(url, **kwargs)
+
+
+def count_states(listing: list[Any]) -> dict[str, int]:
+    """Connections per ``state`` in a listing of ``/api/connections?columns=...``.
+
+    A connection the management database lists before its first statistics arrive (or after its last,
+    while it closes) has no ``state``: it counts as ``"unknown"``. With ``columns=state`` alone, such a
+    connection is not even an object: the broker filters its fields down to none, and an empty Erlang
+    proplist is encoded as an empty JSON *list* (seen on 4.0 during connection churn); listing ``name``
+    too keeps every element an object, and an element that is not one still counts as ``"unknown"``.
+
+    >>> count_states([{"name": "a", "state": "running"}, {"name": "b"}, [], {"name": "c", "state": "blocked"}])
+    {'running': 1, 'unknown': 2, 'blocked': 1}
+    """
+    states: dict[str, int] = {}
+    for c in listing:
+        state = str(c.get("state") or "unknown") if isinstance(c, dict) else "unknown"
+        states[state] = states.get(state, 0) + 1
+    return states
+
+
 class Management:
     """A small client of the management API of ``broker``."""
 
-    def __init__(self, broker: Broker, timeout: float = 5.0) -> None:
+    def __init__(self, broker: Broker, timeout: float = 30.0) -> None:
+        # 30 s, not 5: the timeout only detects a hung broker, and on a loaded 2-core machine (CI at load
+        # average 30, other brokers beside this one) a healthy node answers a listing in more than 5 s.
         if not broker.management_url:
             raise BrokerError(
                 f"{broker!r} has no management URL: set VOICELAB_MANAGEMENT_URL (e.g. http://localhost:15672) "
@@ -36,7 +70,7 @@ class Management:
         self.timeout = timeout
 
     def get(self, path: str) -> Any:
-        r = self.session.get(f"{self.base}/{path}", timeout=self.timeout)
+        r = get_once_more_if_dropped(self.session, f"{self.base}/{path}", timeout=self.timeout)
         r.raise_for_status()
         return r.json()
 
@@ -61,10 +95,7 @@ class Management:
 
             Management(broker).connection_states()    # {'running': 3} or, during an alarm, {'blocked': 1, ...}
         """
-        states: dict[str, int] = {}
-        for c in self.get("connections?columns=state"):
-            states[str(c.get("state"))] = states.get(str(c.get("state")), 0) + 1
-        return states
+        return count_states(self.get("connections?columns=name,state"))
 
     def wait_for(self, queue: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 15.0) -> dict[str, Any]:
         """Poll ``queue`` until ``predicate(counters)`` holds; return the counters (TimeoutError otherwise)."""

@@ -30,7 +30,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from .broker import Broker, BrokerError
-from .management import Management
+from .management import Management, get_once_more_if_dropped
 
 DETAILED_FAMILIES = ("queue_coarse_metrics", "queue_consumer_count")
 """The ``/metrics/detailed`` families with per-queue ready, unacked, total and consumer counts."""
@@ -117,7 +117,10 @@ def parse_metrics(text: str) -> pd.DataFrame:
 class Prometheus:
     """The ``rabbitmq_prometheus`` endpoint of a broker (``broker.prometheus_url``, port 15692 by default)."""
 
-    def __init__(self, url: str, timeout: float = 5.0) -> None:
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
+        # 30 s, not 5: the timeout only detects a hung endpoint. Rendering /metrics on a loaded 2-core machine
+        # (CI at load average 30) took more than 5 s on a healthy broker; Prometheus's own scrape_timeout is 10 s
+        # by default, for servers that are not starved.
         parts = urllib.parse.urlsplit(url)
         self.base = f"{parts.scheme}://{parts.netloc}"
         self.session = requests.Session()
@@ -131,8 +134,8 @@ class Prometheus:
         return cls(broker.prometheus_url)
 
     def text(self, path: str = "/metrics", params: Any = None) -> str:
-        r = self.session.get(self.base + path, params=params, timeout=self.timeout,
-                             headers={"Accept": "text/plain"})
+        r = get_once_more_if_dropped(self.session, self.base + path, params=params, timeout=self.timeout,
+                                     headers={"Accept": "text/plain"})
         r.raise_for_status()
         return r.text
 

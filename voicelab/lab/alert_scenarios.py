@@ -14,9 +14,10 @@ Example::
 
 from __future__ import annotations
 
+import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import matplotlib.pyplot as plt
@@ -212,6 +213,78 @@ def run_scenarios(broker: Broker, scenarios: list[Scenario] | None = None, secon
     return samples
 
 
+BURST_WITHIN_S = 3.0
+"""A burst "drains by itself" when it is gone within the 3 s the default rules hold a condition for (what stands
+for the minutes of production rules): :func:`low_utilisation` fires on any backlog that outlasts them, since
+consumers working through a backlog are busy, which is what a low consumer capacity means."""
+
+
+def burst_drain_s(samples: pd.DataFrame, scenario: str = "burst that drains", below: int = 20) -> float:
+    """How long the burst scenario's backlog lasted once its consumers were attached: from the first sample
+    with a consumer to the first with fewer than ``below`` messages ready (inf if it never got there)."""
+    s = samples[samples["scenario"] == scenario].sort_values("t")
+    attached = s.loc[s["consumers"] > 0, "t"]
+    if attached.empty:
+        return math.inf
+    drained = s.loc[(s["t"] >= attached.iloc[0]) & (s["ready"] < below), "t"]
+    return float(drained.iloc[0] - attached.iloc[0]) if not drained.empty else math.inf
+
+
+def spoiled(samples: pd.DataFrame) -> list[str]:
+    """Why a :func:`run_scenarios` run does not show what its scenarios are built to show on this machine
+    (empty if it does): a starved machine slows the burst's consumers until the burst outlasts the rules'
+    hold time, and then it is a backlog, not a burst."""
+    reasons = []
+    if "burst that drains" in set(samples["scenario"]):
+        took = burst_drain_s(samples)
+        if took >= BURST_WITHIN_S:
+            reasons.append(f"the burst took {took:.1f} s to drain, not less than {BURST_WITHIN_S:g} s: the machine "
+                           "starved its consumers (a backlog that lasts as long as the rules hold a condition is "
+                           "not a burst)")
+    return reasons
+
+
+BURST_TARGET_S = 1.5
+"""How long the burst should take to drain at its consumers' measured rate (:func:`size_burst`): half the rules'
+hold time, the other half for the consumers' start and figures up to 1 s old."""
+
+
+def size_burst(broker: Broker, scenarios: list[Scenario]) -> tuple[list[Scenario], str]:
+    """``scenarios`` with the burst's prefill sized to drain in about :data:`BURST_TARGET_S` s at the rate its
+    consumers ack on this machine now (measured first, :func:`voicelab.lab.backlog.consumer_capacity`), at most
+    its 600 and at least 150 (well above the guide's 100); and what was measured."""
+    from .backlog import consumer_capacity   # backlog's measurement, with the burst's consumers
+
+    out, said = [], ""
+    for s in scenarios:
+        if s.name == "burst that drains" and s.prefill:
+            rate = consumer_capacity(broker, "alerts.capacity", consumers=s.consumers, job_s=s.job_s,
+                                     prefetch=s.prefetch, n=200)
+            prefill = int(min(s.prefill, max(150, rate * BURST_TARGET_S)))
+            said = f"the burst's consumers acked {rate:.0f} msg/s on this machine: a burst of {prefill}"
+            s = replace(s, prefill=prefill)
+        out.append(s)
+    return out, said
+
+
+def run_scenarios_fairly(broker: Broker, scenarios: list[Scenario] | None = None, seconds: float = 9.0,
+                         attempts: int = 2, **kwargs: Any) -> pd.DataFrame:
+    """:func:`run_scenarios` with the burst sized for this machine (:func:`size_burst`), run once more when the
+    machine, not the rules, spoiled the run anyway (:func:`spoiled`). Returns the last run;
+    ``samples.attrs["notes"]`` says what was measured and why an earlier run was discarded."""
+    notes: list[str] = []
+    for attempt in range(1, attempts + 1):
+        sized, said = size_burst(broker, SCENARIOS if scenarios is None else scenarios)
+        notes += [f"attempt {attempt}: {said}"] if said else []
+        samples = run_scenarios(broker, sized, seconds, **kwargs)
+        reasons = spoiled(samples)
+        notes += [f"attempt {attempt} spoiled: {r}" for r in reasons]
+        if not reasons:
+            break
+    samples.attrs["notes"] = notes
+    return samples
+
+
 def fired(evaluations: pd.DataFrame) -> pd.DataFrame:
     """Scenario (queue) x rule matrix of whether each rule fired; columns in rule order."""
     m = matrix(evaluations)
@@ -311,28 +384,99 @@ def record_node(broker: Broker, phases: list[tuple[str, float, Callable[[threadi
 
 
 def publish_unroutable(broker: Broker, rate: float = 20.0) -> Callable[[threading.Event], None]:
-    """An action: publish ``rate`` messages/s to ``amq.direct`` with a routing key no queue is bound with."""
+    """An action: publish ``rate`` messages/s to ``amq.direct`` with a routing key no queue is bound with
+    (message ``i`` at ``i / rate`` s: a slow publish makes the next one late, not the rate lower)."""
     def action(stop: threading.Event) -> None:
         with broker.connect() as connection:
             channel = connection.channel()
-            while not stop.wait(1 / rate):
+            t0, i = time.monotonic(), 0
+            while not stop.wait(max(0.0, t0 + i / rate - time.monotonic())):
                 channel.basic_publish("amq.direct", "voice.jobs.typo", b"lost")
+                i += 1
     return action
 
 
-def churn_connections(broker: Broker, rate: float = 15.0) -> Callable[[threading.Event], None]:
-    """An action: open and close ``rate`` connections/s, one message each (a client that connects per publish)."""
+def connect_seconds(broker: Broker, n: int = 3) -> float:
+    """How long opening a connection and a channel, then closing them, takes on this machine now (the slowest
+    of ``n``): a loaded machine takes far longer than the few milliseconds of an idle one."""
+    times = []
+    for _ in range(n):
+        t0 = time.monotonic()
+        with broker.connect() as connection:
+            connection.channel()
+        times.append(time.monotonic() - t0)
+    return max(times)
+
+
+def churn_connections(broker: Broker, rate: float = 15.0, clients: int = 1) -> Callable[[threading.Event], None]:
+    """An action: ``clients`` clients that open and close ``rate`` connections/s in all, each with a channel
+    (clients that connect per publish). Client ``k`` opens its ``i``-th connection at ``(k + i * clients) / rate``
+    s; one client alone cannot open more than one connection per connect time (:func:`connect_seconds`), so
+    :func:`run_node_phases` runs as many clients as the rate needs on this machine."""
+    def client(k: int, stop: threading.Event, errors: list[BaseException]) -> None:
+        try:
+            t0, i = time.monotonic(), 0
+            while not stop.wait(max(0.0, t0 + (k + i * clients) / rate - time.monotonic())):
+                with broker.connect() as connection:
+                    connection.channel()
+                i += 1
+        except BaseException as e:  # noqa: BLE001 - raised by the action
+            errors.append(e)
+
     def action(stop: threading.Event) -> None:
-        while not stop.wait(1 / rate):
-            with broker.connect() as connection:
-                connection.channel()
+        errors: list[BaseException] = []
+        threads = [threading.Thread(target=client, args=(k, stop, errors), daemon=True) for k in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
     return action
 
 
-def run_node_phases(broker: Broker, phase_s: float = 2.5) -> pd.DataFrame:
-    """Three phases of ``phase_s`` s on ``broker``: quiet, unroutable messages (20/s), connection churn (15/s)."""
-    return record_node(broker, [("quiet", phase_s, None), ("unroutable", phase_s, publish_unroutable(broker)),
-                                ("connection churn", phase_s, churn_connections(broker))])
+def run_node_phases(broker: Broker, phase_s: float = 2.5, churn_rate: float = 15.0, attempts: int = 2) -> pd.DataFrame:
+    """Three phases of ``phase_s`` s on ``broker``: quiet, unroutable messages (20/s), connection churn
+    (``churn_rate`` connections/s, three times what :func:`voicelab.alerts.connection_churn` fires at).
+
+    The churn needs enough clients: one client opens a connection per connect time, a few milliseconds
+    on an idle machine, a few hundred on a loaded one (measured here first, :func:`connect_seconds`), and
+    more while the sampler's threads take their share of the interpreter, so the phase runs four times the
+    clients that time calls for, at least four. Run once more if the machine spoiled the run
+    anyway (:func:`node_spoiled`); ``samples.attrs["notes"]`` says what was measured and why."""
+    notes: list[str] = []
+    for attempt in range(1, attempts + 1):
+        connect_s = connect_seconds(broker)
+        clients = max(4, min(20, math.ceil(4 * churn_rate * connect_s)))
+        notes.append(f"attempt {attempt}: a connection took {1000 * connect_s:.0f} ms: {clients} churning client(s)")
+        samples = record_node(broker, [("quiet", phase_s, None), ("unroutable", phase_s, publish_unroutable(broker)),
+                                       ("connection churn", phase_s, churn_connections(broker, churn_rate, clients))])
+        reasons = node_spoiled(samples, churn_at_least=churn_rate * 2 / 3)
+        notes += [f"attempt {attempt} spoiled: {r}" for r in reasons]
+        if not reasons:
+            break
+    samples.attrs["notes"] = notes
+    return samples
+
+
+def node_spoiled(samples: pd.DataFrame, churn_at_least: float = 10.0, max_gap_s: float = 1.5) -> list[str]:
+    """Why node samples of :func:`run_node_phases` do not show what the phases are built to show on this
+    machine (empty if they do): samples of a busy phase more than ``max_gap_s`` apart (a starved sampler: the
+    node rules judge a rate over a 2 s window, so they need two samples well inside it), or a churn phase that opened fewer than ``churn_at_least`` connections/s by the broker's
+    count (a starved client; the rule fires above 5/s)."""
+    reasons = []
+    busy = samples[samples["phase"] != "quiet"]   # the phases whose rules must fire (quiet asks for silence)
+    gaps = busy.groupby("phase", sort=False)["t"].apply(lambda t: t.diff().max())
+    for phase, gap in gaps.items():
+        if gap > max_gap_s:
+            reasons.append(f"samples of the {phase!r} phase came up to {gap:.1f} s apart (a starved sampler)")
+    churn = samples[samples["phase"] == "connection churn"]
+    if len(churn) >= 2:
+        rate = (churn["connections_opened"].iloc[-1] - churn["connections_opened"].iloc[0]) / (
+            churn["t"].iloc[-1] - churn["t"].iloc[0])
+        if rate < churn_at_least:
+            reasons.append(f"the churn phase opened {rate:.1f} connections/s, not {churn_at_least:g} (starved clients)")
+    return reasons
 
 
 def blocked_publisher(broker: Broker, seen: dict[str, Any]) -> Callable[[threading.Event], None]:
