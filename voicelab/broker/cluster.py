@@ -52,6 +52,7 @@ from .base import (
     run_id,
 )
 from .container import offline_image_help, say
+from .reaper import alive as process_alive
 from .engine import docker_client, image_present, pull_image
 
 CLUSTER_LABEL = "org.voicelab.cluster-id"
@@ -402,16 +403,6 @@ def leftovers(cluster_id: str | None = None, run: str | None = None) -> list[str
     return found
 
 
-def _owner_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def main(argv: list[str] | None = None) -> int:
     """The watchdog: wait for the owner to exit, then remove the cluster; exit early once it is gone."""
     p = argparse.ArgumentParser(prog="python -m voicelab.broker.cluster")
@@ -420,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     checks = 0
-    while _owner_alive(a.owner):
+    while process_alive(a.owner):
         time.sleep(0.5)
         checks += 1
         if checks % 10 == 0:

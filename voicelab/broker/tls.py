@@ -3,17 +3,8 @@
 A :class:`TlsFiles` names three PEM files (the CA that signs client certificates, the broker's certificate
 chain, its private key) and how strict the listener is. A broker given one (``ContainerBroker(tls=...)``,
 ``LocalBroker(tls=...)``, ``own_broker(tls=...)``) copies the files into a folder of its own and starts with
-a TLS listener on a port of its own on 127.0.0.1, from these ``rabbitmq.conf`` lines
-(https://www.rabbitmq.com/docs/ssl)::
-
-    listeners.ssl.default = 5671
-    ssl_options.cacertfile = /etc/rabbitmq/tls/ca.pem
-    ssl_options.certfile = /etc/rabbitmq/tls/cert.pem
-    ssl_options.keyfile = /etc/rabbitmq/tls/key.pem
-    ssl_options.verify = verify_peer
-    ssl_options.fail_if_no_peer_cert = false
-
-The container gets them as read-only bind mounts (the files and a ``conf.d/60-voicelab-tls.conf``, which
+a TLS listener on a port of its own on 127.0.0.1, from the ``rabbitmq.conf`` lines of :meth:`TlsFiles.conf`
+(https://www.rabbitmq.com/docs/ssl; the example at the end of this docstring shows them). The container gets them as read-only bind mounts (the files and a ``conf.d/60-voicelab-tls.conf``, which
 RabbitMQ reads after the image's own ``conf.d`` files: 3.10 and 4.3 read ``/etc/rabbitmq/conf.d/*.conf``),
 so this needs a Docker engine on this machine; the local node gets them in its config folder.
 
