@@ -194,10 +194,11 @@ def publish_bodies(channel: BlockingChannel, queue: str, bodies: Iterable[Body],
 
     Every message is in the queue when this returns. ``confirm=True`` puts
     the channel in confirm mode and each publish waits for the broker's
-    confirm (safe, a round trip each); ``confirm=False`` publishes in bulk and
-    then syncs with one passive declare, which the broker answers only after
-    the publishes before it (fast; for benchmarks and demos that prepare a
-    queue). By default each message has :func:`job_properties` (persistent
+    confirm (safe, a round trip each); ``confirm=False`` publishes in bulk, in
+    one transaction on a channel of its own (``tx.commit-ok`` comes once every
+    queue has taken every message: one round trip in all; for benchmarks and
+    demos that prepare a queue). A passive declare would not do: the queue
+    answers it ahead of deliveries still in its mailbox. By default each message has :func:`job_properties` (persistent
     JSON), and a body that carries a job id (a :class:`~voicelab.jobs.VoiceJob`,
     or JSON with a string ``job_id``) has it as ``message_id``;
     ``persistent=False`` sends transient messages with no other property;
@@ -216,13 +217,22 @@ def publish_bodies(channel: BlockingChannel, queue: str, bodies: Iterable[Body],
     job_ids = properties is None and persistent
     if confirm:
         confirm_mode(channel)
+        publisher = channel
+    else:  # a transaction on a side channel: the caller's channel stays as it was (not transactional)
+        publisher = channel.connection.channel()
+        publisher.tx_select()
     sent = 0
-    for body in bodies:
-        raw = encode_body(body)
-        channel.basic_publish("", queue, raw, _job_message_id(props, raw) if job_ids else props, mandatory=confirm)
-        sent += 1
-    if not confirm:
-        channel.queue_declare(queue, passive=True)  # answered after every publish before it: all enqueued
+    try:
+        for body in bodies:
+            raw = encode_body(body)
+            publisher.basic_publish("", queue, raw, _job_message_id(props, raw) if job_ids else props,
+                                    mandatory=confirm)
+            sent += 1
+        if not confirm:
+            publisher.tx_commit()  # answered once every queue has confirmed every message: all enqueued
+    finally:
+        if publisher is not channel and publisher.is_open:
+            publisher.close()
     return sent
 
 
