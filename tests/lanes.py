@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ("00", "02", "05", "06", "06b", "08", "09", "10")      # counts, outcomes, ratios shown to hold on a busy machine
+# counts, outcomes, ratios shown to hold on a busy machine: two lanes of about equal length
+SHARED = (("05", "08", "00"), ("02", "09", "06", "06b", "10"))
 ALONE = ("01", "03", "04", "07")              # absolute rates, cores, staleness: measured alone
 OLDEST = ("09", "10")   # the chapters beyond the guide, also on the oldest image (3.10): a cluster, TLS and accounts
 COUNTS = ("passed", "failed", "errors", "skipped")
@@ -89,7 +90,7 @@ def notebooks(prefixes: tuple[str, ...]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workers", type=int, default=int(os.environ.get("TEST_WORKERS", "4")))
+    p.add_argument("--workers", type=int, default=int(os.environ.get("TEST_WORKERS", "6")))
     p.add_argument("--add", nargs="+", metavar="LOG:EXIT", help="only print the closing line over these pytest "
                    "logs, each with its exit code (how .ci/run adds its own lane to make test's)")
     a = p.parse_args(argv)
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     run_id = os.environ.get("VOICELAB_RUN_ID") or uuid.uuid4().hex[:8]
     t0 = time.monotonic()
     stage1 = [Lane("units", ["-n", str(a.workers), "--dist", "loadfile", "tests"]),
-              Lane("notebooks-shared", notebooks(SHARED))]
+              *[Lane(f"notebooks-shared-{i + 1}", notebooks(part)) for i, part in enumerate(SHARED)]]
     images = [i for i in os.environ.get("VOICELAB_TEST_IMAGES", "").split(",") if i]
     if len(images) > 1:   # the newest image runs them in notebooks-shared
         stage1.append(Lane("notebooks-oldest", notebooks(OLDEST), env={"VOICELAB_RABBITMQ_IMAGE": images[0]}))

@@ -6,6 +6,8 @@ The learners' answers are in ``answers_05_08.py``.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import answers_05_08 as answers
@@ -25,25 +27,48 @@ def ch05_broker(request):
     broker.stop()
 
 
-CH05 = pytest.mark.parametrize("ch05_broker", end_version_params(), indirect=True)
+# Every answer on the newest image; on the oldest, the reference and the answers whose verdict rests on what
+# the broker does there (its nack of a refused publish, its classic queue dropping transient messages at a
+# crash). Each check kills and restarts the broker (12 to 45 s under load): the rest would only repeat them.
+# VOICELAB_ALL_VERSIONS=1: every answer on every image.
+ENDS = end_version_params()   # [oldest, newest, skipped images as skips]
+CH05 = pytest.mark.parametrize("ch05_broker", ENDS, indirect=True)
+CH05_NEWEST = pytest.mark.parametrize(
+    "ch05_broker", ENDS if os.environ.get("VOICELAB_ALL_VERSIONS") == "1" or len(ENDS) == 1 else ENDS[1:],
+    indirect=True)
 
 
 @CH05
-@pytest.mark.parametrize("answer", [ch05.publish_all, answers.ch05_confirm_each, answers.ch05_fast_window])
-def test_ch05_sound_publishers_pass(ch05_broker, answer) -> None:
+def test_ch05_reference_passes(ch05_broker) -> None:
+    assert "arrived" in answers.passes(ch05.q1, ch05.publish_all)
+    assert scratch_leftovers(ch05_broker) == []
+
+
+@CH05_NEWEST
+@pytest.mark.parametrize("answer", [answers.ch05_confirm_each, answers.ch05_fast_window])
+def test_ch05_other_sound_publishers_pass(ch05_broker, answer) -> None:
     assert "arrived" in answers.passes(ch05.q1, answer)
     assert scratch_leftovers(ch05_broker) == []
 
 
+IGNORES_NACKS = (answers.ch05_ignores_nacks, ("refused", "before the crash", "nacked", "send the rest again"))
+TRANSIENT = (answers.ch05_transient, ("transient", "persistent", "delivery_mode=2"))
+
+
 @CH05
+@pytest.mark.parametrize("answer, words", [IGNORES_NACKS, TRANSIENT])
+def test_ch05_wrong_publishers_fail_with_their_reason(ch05_broker, answer, words) -> None:
+    answers.fails(ch05.q1, answer, *words)
+    assert scratch_leftovers(ch05_broker) == []
+
+
+@CH05_NEWEST
 @pytest.mark.parametrize("answer, words", [
-    (answers.ch05_ignores_nacks, ("refused", "before the crash", "nacked", "send the rest again")),
     (answers.ch05_drops_nacked, ("refused by the broker", "never sent again", "nack")),
     (answers.ch05_forgets_confirm_after_reconnect, ("after the crash", "confirm_delivery() on every new channel")),
-    (answers.ch05_transient, ("transient", "persistent", "delivery_mode=2")),
     (answers.ch05_without_confirms, ("returned as confirmed", "confirm")),
 ])
-def test_ch05_wrong_publishers_fail_with_their_reason(ch05_broker, answer, words) -> None:
+def test_ch05_more_wrong_publishers_fail_with_their_reason(ch05_broker, answer, words) -> None:
     answers.fails(ch05.q1, answer, *words)
     assert scratch_leftovers(ch05_broker) == []
 

@@ -48,10 +48,13 @@ def test_three_views_agree_once_settled_and_passive_misses_unacked(any_broker: v
             hold = holder.channel()
             hold.basic_qos(prefetch_count=4)
             hold.basic_consume("mon_views", lambda ch, method, props, body: None)
-            Management(any_broker).wait_for("mon_views", lambda q: q.get("messages_unacknowledged") == 4, timeout=20)
+            # consumers and unacked come from separate statistics (seen: unacked 4 with consumers still 0)
+            Management(any_broker).wait_for(
+                "mon_views", lambda q: q.get("messages_unacknowledged") == 4 and q.get("consumers") == 1, timeout=20)
             deadline = time.monotonic() + 10
-            while (views := backlog.three_views(any_broker, "mon_views")).loc["Prometheus", "unacked"] != 4:
-                assert time.monotonic() < deadline
+            while (views := backlog.three_views(any_broker, "mon_views")).loc[
+                    ["management API", "Prometheus"], ["unacked", "consumers"]].values.tolist() != [[4, 1], [4, 1]]:
+                assert time.monotonic() < deadline, views
                 time.sleep(0.2)
         assert views.loc["passive declare", "ready"] == 8, "the passive declare counts ready messages only"
         for source in ("management API", "Prometheus"):

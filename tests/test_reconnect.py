@@ -3,6 +3,7 @@ and (on brokers of their own) a broker restart. Nothing lost; the job in flight 
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -17,9 +18,11 @@ def test_force_closed_consumer_reconnects_and_applies_each_job_once(any_broker) 
     out = faults.run_through_faults(any_broker, n=120, faults=("close", "close"), queue="test.reconnect.close",
                                        timeout=40)
     assert out["lost"] == 0 and out["left in queue"] == 0, out
-    assert out["done twice but applied once"] == 2, "each job in flight at a close is redelivered and not re-applied"
     assert len(out["in flight at the faults"]) == 2 and out["of them, done again and not applied again"] == 2, out
-    assert out["done once"] == 118 and out["connections"] == 3 and len(out["reconnects"]) >= 2
+    # More may come back than the job in hand: acks sent just before the close that the broker had not read yet
+    # are lost with the connection (seen on a loaded machine: 5). Each is done again and applied once all the same.
+    assert out["done twice but applied once"] >= 2 and out["done once"] + out["done twice but applied once"] == 120
+    assert out["connections"] == 3 and len(out["reconnects"]) >= 2
     assert all("CONNECTION_FORCED" in r["error"] or "320" in r["error"] for r in out["reconnects"][:1]), out["reconnects"]
 
 
@@ -38,7 +41,8 @@ def test_close_connections_finds_only_the_named_ones(any_broker) -> None:
         mgmt.close()
 
 
-@pytest.mark.parametrize("image", images())
+@pytest.mark.parametrize("image", images() if os.environ.get("VOICELAB_ALL_VERSIONS") == "1" else
+                         images()[:1] + images()[-1:] if len(images()) > 1 else images())   # oldest and newest
 def test_consumer_survives_a_broker_restart(image) -> None:
     broker = start_backend("container", image)
     try:

@@ -37,7 +37,10 @@ def lab(any_broker: vb.Broker):
 @pytest.mark.all_versions
 def test_each_account_can_do_its_job_and_nothing_else(lab) -> None:
     attempts = lab10.try_accounts(lab)
-    assert len(attempts) == 14 and (attempts.expected == "ok").sum() == 5
+    assert len(attempts) == 16 and (attempts.expected == "ok").sum() == 6
+    topic = attempts[attempts.action.str.endswith("(topic)")]
+    assert list(topic.answer.str.startswith("403")) == [False, True], topic   # another user's key is refused
+    assert "access to topic 'progress.producer.42' in exchange 'voice.events'" in topic.answer.iloc[1], topic
     for row in attempts.itertuples():
         if row.expected == "ok":
             assert row.answer == "ok", row

@@ -34,11 +34,16 @@ from .measure import add_caption, broker_caption, human_axis, progress
 
 JOBS_X, JOBS_Q = "voice.jobs", "voice.jobs.q"
 RESULTS_X, RESULTS_Q = "voice.results", "voice.results.q"
+EVENTS_X = "voice.events"   # a topic exchange: progress events, routing key progress.<user>.<job>
+
+# Topic permissions narrow the write permission on a topic exchange to routing keys: the worker's events must
+# carry its own name ({username} is expanded by the broker at each publish). They apply to topic exchanges only.
+TOPIC_PERMISSIONS: dict[str, tuple[str, str, str]] = {"worker": (EVENTS_X, r"^progress\.{username}\.", "")}
 
 # user -> (tags, configure, write, read): the least each one needs (https://www.rabbitmq.com/docs/access-control)
 ACCOUNTS: dict[str, tuple[str, str, str, str]] = {
     "producer": ("", "", r"^voice\.jobs$", ""),
-    "worker": ("", "", r"^voice\.results$", r"^voice\.jobs\.q$"),
+    "worker": ("", "", r"^voice\.(results|events)$", r"^voice\.jobs\.q$"),
     "monitor": ("monitoring", "", "", ""),   # may enter the vhost (to see its queues) and touch nothing
 }
 
@@ -77,19 +82,22 @@ def setup_accounts(broker: Broker, vhost: str = "voicelab10") -> Lab:
             channel.exchange_declare(exchange, "direct", durable=True)
             channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
             channel.queue_bind(queue, exchange, routing_key="job")
+        channel.exchange_declare(EVENTS_X, "topic", durable=True)
     for user, (tags, configure, write, read) in ACCOUNTS.items():
         lab.passwords[user] = secrets.token_urlsafe(24)
         admin.create_user(user, lab.passwords[user], tags)
         admin.set_permissions(vhost, user, configure=configure, write=write, read=read)
+    for user, (exchange, write, read) in TOPIC_PERMISSIONS.items():
+        admin.set_topic_permissions(vhost, user, exchange, write=write, read=read)
     return lab
 
 
-def publish(params: pika.ConnectionParameters, exchange: str, body: bytes = b"job") -> None:
+def publish(params: pika.ConnectionParameters, exchange: str, body: bytes = b"job", routing_key: str = "job") -> None:
     """Publish one message with a confirm: a refusal closes the channel and raises here, not later."""
     with pika.BlockingConnection(params) as connection:
         channel = connection.channel()
         channel.confirm_delivery()
-        channel.basic_publish(exchange, "job", body)
+        channel.basic_publish(exchange, routing_key, body)
 
 
 def on_channel(params: pika.ConnectionParameters, action: Callable[[Any], Any]) -> Callable[[], Any]:
@@ -122,6 +130,10 @@ def try_accounts(lab: Lab) -> pd.DataFrame:
         ("worker", f"get from {JOBS_Q}", "ok", on_channel(w, lambda ch: ch.basic_get(JOBS_Q, auto_ack=True))),
         ("worker", f"publish to {RESULTS_X}", "ok", lambda: publish(w, RESULTS_X, b"result")),
         ("worker", f"publish to {JOBS_X}", "refused", lambda: publish(w, JOBS_X)),
+        ("worker", f"publish progress.worker.42 to {EVENTS_X} (topic)", "ok",
+         lambda: publish(w, EVENTS_X, b"50%", "progress.worker.42")),
+        ("worker", f"publish progress.producer.42 to {EVENTS_X} (topic)", "refused",
+         lambda: publish(w, EVENTS_X, b"50%", "progress.producer.42")),
         ("worker", f"delete queue {JOBS_Q}", "refused", on_channel(w, lambda ch: ch.queue_delete(JOBS_Q))),
         ("worker", "connect to vhost /", "refused", lambda: pika.BlockingConnection(lab.params("worker", "/")).close()),
         ("monitor", "GET /api/overview", "ok", http("GET", "overview")),
