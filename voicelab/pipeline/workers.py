@@ -77,14 +77,15 @@ class LogTail:
     """Reads the complete new lines of every ``*.log`` in a folder, file by file; a killed writer's last,
     half-written line is skipped."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, pattern: str = "*.log") -> None:
         self.folder = folder
+        self.pattern = pattern
         self._offsets: dict[Path, int] = {}
 
     def read(self) -> list[tuple[float, str, str]]:
         """The ``(time, event, key)`` lines written since the last call."""
         out = []
-        for path in sorted(self.folder.glob("*.log")):
+        for path in sorted(self.folder.glob(self.pattern)):
             start = self._offsets.get(path, 0)
             with open(path, "rb") as f:
                 f.seek(start)
@@ -276,22 +277,21 @@ class Fleet:
         """Inside the block, consumers (of every process, or of process ``slot`` only) hold each job between
         storing its result and acking it: a fault injected there hits a job whose effect is applied and whose ack
         is not sent. Waits until one holds (up to ``timeout`` s) and yields the ids of the jobs held so far."""
-        logs = f"worker-{slot}-*.log" if slot is not None else "*.log"
-        before = len(self._keys("holding", logs))
+        tail = LogTail(self.log_dir, f"worker-{slot}-*.log" if slot is not None else "*.log")
+        tail.read()   # what was logged before: not this block's
         path = self._hold_path if slot is None else self._hold_path.with_name(f"{self._hold_path.name}-{slot}")
         path.touch()
         try:
+            held: list[str] = []
             deadline = time.monotonic() + timeout
-            while len(self._keys("holding", logs)) == before and time.monotonic() < deadline:
+            while True:
+                held += [key for _, event, key in tail.read() if event == "holding"]
+                if held or time.monotonic() >= deadline:
+                    break
                 time.sleep(0.01)
-            yield self._keys("holding", logs)[before:]
+            yield held
         finally:
             path.unlink(missing_ok=True)
-
-    def _keys(self, event: str, logs: str = "*.log") -> list[str]:
-        """The keys of the ``event`` lines in the workers' logs matching ``logs``, file by file, in order."""
-        return [k for path in sorted(self.log_dir.glob(logs))
-                for _, e, k in _parse_events(path.read_text(errors="replace")) if e == event]
 
     def supervise(self) -> list[int]:
         """Replace every worker process that died; return their slots."""
