@@ -27,7 +27,7 @@ from ..alerts import COLUMNS, Rule, matrix
 from ..broker import Broker
 from ..management import Management
 from ..monitoring import Prometheus
-from ..queues import delete_job_queue, dlq_name, publish_bodies, reset_queue
+from ..queues import delete_job_queue, dlq_name, publish_bodies, reset_queue, wait_for_consumers
 from .guide_patterns import GUIDE_DEPTH_WARNING
 from .measure import add_caption
 from .workload import consume_jobs, publish_paced
@@ -193,6 +193,11 @@ def run_scenarios(broker: Broker, scenarios: list[Scenario] | None = None, secon
                                                 daemon=True))
         for t in threads:
             t.start()
+        with broker.connect() as connection:   # record from the moment every consumer listens: on a starved
+            channel = connection.channel()      # machine one attached seconds late, and 'no consumers' fired
+            for s in scenarios:
+                if s.consumers:
+                    wait_for_consumers(channel, s.queue, s.consumers, timeout=60)
 
         def check(_: float) -> None:
             if errors:
