@@ -159,8 +159,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # This process's brokers, and any a notebook kernel or child process started: all must be gone.
     run = vb.run_id()
     leaks = owned_containers(run=run) + beam_processes(f"-r{run}-")
-    with contextlib.suppress(Exception):   # no Docker engine: no cluster either
-        from voicelab.broker.cluster import leftovers
+    # A local cluster's nodes are beam processes like any local node's (counted above); a container cluster
+    # also has a network.
+    with contextlib.suppress(Exception):   # no Docker engine: no container cluster either
+        from voicelab.broker.container_cluster import leftovers
         leaks += [found for found in leftovers(run=run) if found.startswith("network ")]   # a cluster's network
     if leaks:
         print(f"\nLEAK: the test run left brokers behind: {leaks}")

@@ -14,7 +14,8 @@ import pytest
 import requests
 from helpers import images, require
 
-from voicelab.broker.cluster import Cluster, leftovers
+from voicelab.broker.cluster import Cluster
+from voicelab.broker.container_cluster import ContainerCluster
 from voicelab.exercises import ch09
 
 LOST = (pika.exceptions.AMQPError, OSError)
@@ -23,14 +24,14 @@ LOST = (pika.exceptions.AMQPError, OSError)
 @pytest.fixture(scope="module")
 def cluster():
     require("container")
-    c = Cluster(images()[-1]).start()
+    c = ContainerCluster(images()[-1]).start()
     ch09.use_cluster(c)
     try:
         yield c
     finally:
         ch09.use_cluster(None)
         c.stop()
-        assert leftovers(c.id) == []
+        assert c.leftovers() == []
 
 
 def _scratch(cluster: Cluster) -> list[str]:

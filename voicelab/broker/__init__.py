@@ -8,6 +8,8 @@ voicelab never mocks a broker. :func:`start_broker` takes the first way that wor
 3. ``rabbitmq-server`` is installed: a private node (:mod:`~voicelab.broker.local`);
 4. none: :class:`BrokerUnavailable`, naming the three ways to get one.
 
+:func:`start_cluster` starts a cluster of three nodes by the same rules (:mod:`~voicelab.broker.cluster`).
+
 Every broker voicelab starts binds to 127.0.0.1 only, keeps its ports across
 ``restart()`` and ``kill()`` + ``start()``, and is removed at interpreter exit
 or, when its owner is killed, by a watchdog (:mod:`~voicelab.broker.reaper`).
@@ -24,8 +26,8 @@ Example::
 
 from .base import (DEFAULT_IMAGE, HOW_TO_GET_A_BROKER, PORT_ATTEMPTS, Broker, BrokerControlError, BrokerError, BrokerUnavailable,
                    ConnectFailed, PortInUse, check_settings, free_port, is_live, mask_url, run_id, stop_all)
-from .obtain import (BackendFallback, Backend, choose_backend, make_broker, may_fall_back, own_broker, sharing,
-                     shared_broker, start_broker)
+from .obtain import (BackendFallback, Backend, choose_backend, choose_cluster_backend, make_broker, may_fall_back,
+                     own_broker, sharing, shared_broker, start_broker, start_cluster)
 from .container import ContainerBroker, offline_image_help
 from .engine import docker_engine, image_present
 from .local import LocalBroker, find_rabbitmq_server
@@ -36,5 +38,5 @@ __all__ = [
     "BrokerError", "BrokerUnavailable", "ConnectFailed", "ContainerBroker", "LocalBroker", "PortInUse", "UrlBroker",
     "check_settings", "choose_backend", "docker_engine", "find_rabbitmq_server", "free_port", "image_present", "is_live",
     "make_broker", "mask_url", "run_id", "may_fall_back", "offline_image_help", "own_broker", "shared_broker", "sharing",
-    "start_broker", "stop_all",
+    "start_broker", "start_cluster", "choose_cluster_backend", "stop_all",
 ]

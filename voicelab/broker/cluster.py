@@ -1,160 +1,69 @@
-"""Three RabbitMQ nodes, one cluster, on one machine: containers of one image on a Docker network of their own.
+"""Three RabbitMQ nodes, one cluster, on one machine, whatever the machine has.
 
-Each node is a :class:`ClusterNode`, a full :class:`~voicelab.broker.base.Broker` (``connect()``,
-``parameters()``, ``kill()`` + ``start()``, ``restart()``), its AMQP and management ports bound to
-127.0.0.1 only. The nodes reach each other by name on a user-defined network (Docker's DNS), share an
-Erlang cookie (written to ``$HOME/.erlang.cookie`` before the image's own command runs: the mechanism
-every RabbitMQ version reads, 3.10 to 4.3) and are joined with ``rabbitmqctl stop_app`` /
-``join_cluster`` / ``start_app`` (deterministic on every version; peer discovery at boot would need
-settings that differ between 3.10 and 4.x).
+:func:`voicelab.broker.start_cluster` (in :mod:`~voicelab.broker.obtain`) picks the backend by the rules of
+:func:`~voicelab.broker.start_broker`:
 
-Nothing leaks: every container and the network carry ``org.voicelab.cluster-id`` (and
-``org.voicelab.run-id`` under a test run); :meth:`Cluster.stop` removes them; so do interpreter exit and,
-when the owner is killed, a watchdog (``python -m voicelab.broker.cluster OWNER_PID CLUSTER_ID``).
+- :class:`~voicelab.broker.container_cluster.ContainerCluster`: containers of one image on a Docker network of
+  their own (a Docker engine answers);
+- :class:`~voicelab.broker.local_cluster.LocalCluster`: private ``rabbitmq-server`` nodes in temporary folders
+  (no Docker engine; or Docker could not provide the image, nothing was forced, and rabbitmq-server is installed:
+  then with a :class:`~voicelab.broker.obtain.BackendFallback` warning and ``cluster.notice``).
+
+Either way every node is a :class:`ClusterNode`, a full :class:`~voicelab.broker.base.Broker` (``connect()``,
+``parameters()``, ``kill()`` + ``start()``) with its ports on 127.0.0.1; the nodes share one random Erlang cookie
+and nodes 2.. are joined to node 1 with ``rabbitmqctl stop_app`` / ``join_cluster`` / ``start_app``
+(deterministic on every version, 3.10 to 4.3). Nothing leaks: :meth:`Cluster.stop`, interpreter exit and, when
+the owner is killed, watchdogs remove every node; :meth:`Cluster.leftovers` lists what still exists.
 
 Example::
 
-    with Cluster("voicelab/rabbitmq:4.3").start() as cluster:
-        print(cluster.running_nodes())          # ['rabbit@voicelab-1a2b3c4d-n1', ...]
+    from voicelab.broker import start_cluster
+    with start_cluster() as cluster:
+        print(cluster.kind, cluster.running_nodes())   # 3 containers of ..., ['rabbit@voicelab-1a2b3c4d-n1', ...]
         cluster.nodes[0].kill(); cluster.nodes[0].start()
         connection = pika.BlockingConnection(cluster.parameters())   # the first node that answers
 """
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import contextlib
-import os
-import secrets
-import signal
-import subprocess
-import sys
 import time
 import uuid
 import weakref
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pika
 import requests
 
-from .base import (
-    DEFAULT_IMAGE,
-    STATS_INTERVAL_MS,
-    Broker,
-    BrokerError,
-    BrokerUnavailable,
-    PortInUse,
-    erl_args,
-    free_port,
-    run_id,
-)
-from .container import offline_image_help, say
-from .reaper import alive as process_alive
-from .engine import docker_client, image_present, pull_image
-
-CLUSTER_LABEL = "org.voicelab.cluster-id"
-PORT_TAKEN = ("port is already allocated", "address already in use")
-
-# Runs before the image's own command: the shared cookie, in the one place every version reads it.
-COOKIE_SCRIPT = (
-    # Always written: an image may carry a cookie of its own (Debian's package creates one when it is installed,
-    # so every container of a voicelab image would share the one baked into the image).
-    'c="$HOME/.erlang.cookie"; umask 077; rm -f "$c"; printf %s "$VOICELAB_ERLANG_COOKIE" > "$c"; chmod 400 "$c"; '
-    'if [ "$(id -u)" = 0 ]; then chown rabbitmq:rabbitmq "$c" 2>/dev/null; fi; '
-    # RabbitMQ runs as a child, not as PID 1, so that kill() can SIGKILL it while the container (its network)
-    # lives on: the kernel then closes its TCP connections and the other nodes see it go at once, as when a
-    # process crashes on a real machine. (A `docker kill` tears the network down with it: the peers noticed
-    # only after net_ticktime, about a minute, when tried.) SIGTERM (docker stop) is passed on.
-    '"$@" & child=$!; trap \'kill -TERM $child 2>/dev/null\' TERM INT; '
-    'wait $child; status=$?; wait $child 2>/dev/null; exit $status'
-)
-
-
-def cluster_labels(cluster_id: str) -> dict[str, str]:
-    """Labels of everything a cluster creates: its id, the owner's pid, the test run's id when there is one."""
-    labels = {CLUSTER_LABEL: cluster_id, "org.voicelab.owner-pid": str(os.getpid())}
-    if run_id():
-        labels["org.voicelab.run-id"] = run_id()
-    return labels
+from .base import Broker, BrokerError, check_settings
 
 
 class ClusterNode(Broker):
-    """One node of a :class:`Cluster`: a container named ``voicelab-<id>-n<i>`` on the cluster's network."""
+    """One node of a :class:`Cluster`: a full broker that knows its place (``cluster``, ``index``, ``node``)."""
 
-    backend = "cluster"
-
-    def __init__(self, cluster: Cluster, index: int) -> None:
-        super().__init__(cluster.settings)
-        self.cluster = cluster
-        self.index = index
-        self.hostname = f"voicelab-{cluster.id[:8]}-n{index + 1}"
-        self.node = f"rabbit@{self.hostname}"
-        self._container_id: str | None = None
+    cluster: Cluster
+    index: int
+    node: str          # the Erlang node name, ``rabbit@voicelab-1a2b3c4d-n1`` or ``voicelab-1a2b3c4d-n1@localhost``
+    hostname: str      # the host part a lesson may show (the container's name, or the node's name before the @)
 
     def __repr__(self) -> str:
-        return f"<ClusterNode {self.node} amqp=127.0.0.1:{self.port} mgmt={self.management_url}>"
+        return f"<{type(self).__name__} {self.node} amqp=127.0.0.1:{self.port} mgmt={self.management_url}>"
 
     @property
     def short(self) -> str:
         """``n1``, ``n2``, ``n3``: how a lesson names the node."""
         return f"n{self.index + 1}"
 
-    def _container(self) -> Any:
-        if self._container_id is None:
-            raise BrokerError(f"{self!r} is not started (or was removed)")
-        with docker_client() as client:
-            return client.containers.get(self._container_id)
-
-    def _fresh(self) -> bool:
-        return self._container_id is None
-
-    def _running(self) -> bool:
-        if self._container_id is None:
-            return False
+    @property
+    def running(self) -> bool:
+        """True while the node's process (or container) runs."""
         with contextlib.suppress(Exception):
-            return bool(self._container().status == "running")
+            return self._running()
         return False
-
-    def _choose_ports(self) -> None:
-        self.port, self.management_port, self.prometheus_port = free_port(), free_port(), free_port()
-
-    def _launch(self) -> None:
-        try:
-            if self._container_id is not None:   # after kill(): the same container, its data and ports
-                self._container().start()
-                return
-            entry = self.cluster._command
-            with docker_client() as client:
-                c = client.containers.create(
-                    self.cluster.image, command=["sh", "-c", COOKIE_SCRIPT, "sh", *entry], entrypoint=[],
-                    name=self.hostname, hostname=self.hostname, network=self.cluster.network_name,
-                    ports={"5672/tcp": ("127.0.0.1", self.port), "15672/tcp": ("127.0.0.1", self.management_port),
-                           "15692/tcp": ("127.0.0.1", self.prometheus_port)},
-                    environment={"RABBITMQ_NODENAME": self.node,
-                                 "VOICELAB_ERLANG_COOKIE": self.cluster._cookie,
-                                 "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS":
-                                     erl_args({"collect_statistics_interval": STATS_INTERVAL_MS, **self.settings})},
-                    labels={**cluster_labels(self.cluster.id), "org.voicelab.broker-id": uuid.uuid4().hex,
-                            "org.voicelab.node": self.node},
-                    detach=True)
-                self._container_id = c.id
-                c.start()
-        except Exception as e:
-            text = str(e).lower()
-            if any(s in text for s in PORT_TAKEN):
-                raise PortInUse(self.port, f" (docker said: {e})") from None
-            raise
-
-    def _check_alive(self) -> None:
-        if self._container().status == "exited":
-            raise BrokerError(f"node {self.node} exited during start-up{self._log_tail()}")
-
-    def _rabbitmqctl(self, *args: str) -> tuple[int, str]:
-        result = self._container().exec_run(["rabbitmqctl", *args])
-        return int(result.exit_code), result.output.decode(errors="replace")
 
     def ctl(self, *args: str) -> str:
         """``rabbitmqctl ARGS`` on this node; its output (raises :class:`BrokerError` when it fails)."""
@@ -163,46 +72,21 @@ class ClusterNode(Broker):
             raise BrokerError(f"rabbitmqctl {' '.join(args)} on {self.node} failed ({code}): {out.strip()[-800:]}")
         return out
 
-    def _log_tail(self) -> str:
-        with contextlib.suppress(Exception):
-            return "\n--- node log (last lines) ---\n" + self._container().logs(tail=30).decode(errors="replace")
-        return ""
-
-    def stop(self) -> None:
-        """Remove this node's container (the cluster still lists it as a member)."""
-        self._unregister()
-        cid, self._container_id = self._container_id, None
-        if cid is not None:
-            with contextlib.suppress(Exception), docker_client() as client:
-                client.containers.get(cid).remove(force=True, v=True)
-
+    @abstractmethod
     def kill(self) -> float:  # type: ignore[override]
         """SIGKILL every RabbitMQ process of the node (a crash: the kernel closes its TCP connections, so clients
-        and the other nodes see it go at once); the container then exits. ``start()`` brings it back.
+        and the other nodes see it go at once); ``start()`` brings it back with its ports and data.
 
         Returns ``time.monotonic()`` just after the SIGKILL was sent (the moment of the crash, for timings).
         """
-        c = self._container()
-        with contextlib.suppress(Exception):
-            c.exec_run(["sh", "-c", "kill -9 -1"])   # every process but PID 1 (the start script), which then exits
-        killed_at = time.monotonic()
-        deadline = killed_at + 15
-        while time.monotonic() < deadline:
-            c.reload()
-            if c.status != "running":
-                return killed_at
-            time.sleep(0.1)
-        c.kill()
-        return time.monotonic()
 
-    def restart(self) -> None:
-        self._container().restart(timeout=60)
-        self.wait_ready()
 
-    @property
-    def running(self) -> bool:
-        """True while the node's container runs."""
-        return self._running()
+def _each(nodes: Sequence[ClusterNode], step: Callable[[ClusterNode], object]) -> None:
+    """Run ``step`` on every node at once (threads); raise the first error once all are done."""
+    if nodes:
+        with ThreadPoolExecutor(len(nodes)) as pool:
+            for future in [pool.submit(step, node) for node in nodes]:
+                future.result()
 
 
 _CLUSTERS: weakref.WeakSet[Cluster] = weakref.WeakSet()
@@ -216,60 +100,66 @@ def stop_all_clusters() -> None:
             cluster.stop()
 
 
-class Cluster:
-    """``size`` RabbitMQ nodes (containers of ``image``) joined in one cluster.
+class Cluster(ABC):
+    """``size`` RabbitMQ nodes joined in one cluster; a backend fills in how a node is made and removed.
 
     Attributes:
         nodes: the :class:`ClusterNode` objects, ``nodes[0]`` the one the others joined.
-        id: the cluster's id (in every container's and the network's ``org.voicelab.cluster-id`` label).
+        id: the cluster's id (in the names and labels of everything it creates).
+        formed_s: seconds :meth:`start` took, from the first node launched to the cluster formed.
+        notice: one line on how the backend was chosen when the first choice failed, else ``""``.
     """
 
-    backend = "cluster"
+    backend: str = ""
 
-    def __init__(self, image: str | None = None, size: int = 3, settings: dict[str, int] | None = None) -> None:
+    def __init__(self, size: int = 3, settings: Mapping[str, int] | None = None) -> None:
         if size < 1:
             raise ValueError(f"size must be at least 1, got {size}")
-        self.image = image or os.environ.get("VOICELAB_RABBITMQ_IMAGE") or DEFAULT_IMAGE
-        self.settings = dict(settings or {})
+        self.settings = check_settings(settings)
         self.id = uuid.uuid4().hex
-        self.network_name = f"voicelab-{self.id[:8]}"
-        self._cookie = secrets.token_hex(20).upper()
-        self._command: list[str] = []
-        self._network_id: str | None = None
-        self.nodes = [ClusterNode(self, i) for i in range(size)]
         self.formed_s: float | None = None
+        self.notice = ""
+        self.nodes: list[ClusterNode] = [self._make_node(i) for i in range(size)]
 
     def __repr__(self) -> str:
-        return f"<Cluster {self.network_name} {self.image} {[n.short for n in self.nodes]}>"
+        return f"<{type(self).__name__} {self.id[:8]} {self.kind} {[n.short for n in self.nodes]}>"
+
+    # -- what a backend provides ---------------------------------------------
+    @abstractmethod
+    def _make_node(self, index: int) -> ClusterNode:
+        """The (not started) node ``index``."""
+
+    def _prepare(self) -> None:
+        """Before the nodes start: what they share (an image, a network, a watchdog)."""
+
+    def _cleanup(self) -> None:
+        """After every node was stopped: remove what they shared."""
+
+    @abstractmethod
+    def leftovers(self) -> list[str]:
+        """What of this cluster still exists (containers, networks, processes, folders); ``[]`` once stopped."""
+
+    @property
+    @abstractmethod
+    def kind(self) -> str:
+        """What the nodes are, for a caption: ``"3 containers of voicelab/rabbitmq:4.3"``."""
 
     # -- life cycle ---------------------------------------------------------
     def start(self) -> Cluster:
-        """Create the network, start every node at once, join them to ``nodes[0]``; returns ``self``."""
+        """Start every node at once, join nodes 2.. to ``nodes[0]``, wait until all see all; returns ``self``.
+
+        Anything that fails (or a Ctrl-C) on the way removes what was started.
+        """
         t0 = time.monotonic()
         _CLUSTERS.add(self)
         try:
-            if not image_present(self.image):
-                say(f"pulling the Docker image {self.image} ...")
-                said = pull_image(self.image)
-                if said is not None:
-                    raise BrokerUnavailable(f"{offline_image_help(self.image)}\n(docker said: {said})")
-            with docker_client() as client:
-                config = client.images.get(self.image).attrs.get("Config") or {}
-                self._command = list(config.get("Entrypoint") or []) + list(config.get("Cmd") or [])
-                if not self._command:
-                    raise BrokerError(f"image {self.image} has no command to start RabbitMQ")
-                net = client.networks.create(self.network_name, driver="bridge", labels=cluster_labels(self.id))
-                self._network_id = net.id
-            self._watchdog()
-            with ThreadPoolExecutor(len(self.nodes)) as pool:
-                for future in [pool.submit(node.start) for node in self.nodes]:
-                    future.result()
-            first = self.nodes[0]
-            for node in self.nodes[1:]:
-                node.ctl("stop_app")
+            self._prepare()
+            _each(self.nodes, lambda node: node.start())
+            first, others = self.nodes[0], self.nodes[1:]
+            _each(others, lambda node: node.ctl("stop_app"))
+            for node in others:   # one at a time: each join changes the cluster's membership
                 node.ctl("join_cluster", first.node)
-                node.ctl("start_app")
-                node.wait_ready()
+            _each(others, lambda node: (node.ctl("start_app"), node.wait_ready()))
             self.wait_formed()
             self.formed_s = time.monotonic() - t0
             return self
@@ -277,18 +167,16 @@ class Cluster:
             self.stop()
             raise
 
-    def _watchdog(self) -> None:
-        subprocess.Popen([sys.executable, "-m", "voicelab.broker.cluster", str(os.getpid()), self.id],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True, close_fds=True)
-
     def stop(self) -> None:
-        """Remove every node and the network. Safe to call twice."""
+        """Remove every node (all at once) and what they shared. Safe to call twice."""
         _CLUSTERS.discard(self)
-        for node in self.nodes:
-            node.stop()
-        remove_cluster(self.id)
-        self._network_id = None
+
+        def stop(node: ClusterNode) -> None:
+            with contextlib.suppress(Exception):
+                node.stop()
+
+        _each(self.nodes, stop)
+        self._cleanup()
 
     def __enter__(self) -> Cluster:
         return self
@@ -306,20 +194,21 @@ class Cluster:
         return self.alive()[0].version_info
 
     def alive(self) -> list[ClusterNode]:
-        """The nodes whose container runs."""
+        """The nodes that run."""
         up = [n for n in self.nodes if n.running]
         if not up:
             raise BrokerError(f"{self!r}: no node runs")
         return up
 
     def node(self, name: str) -> ClusterNode:
-        """The node called ``name`` (``rabbit@...`` or ``n1``)."""
+        """The node called ``name`` (its Erlang node name, ``n1``, or its host name)."""
         for n in self.nodes:
             if name in (n.node, n.short, n.hostname):
                 return n
         raise KeyError(name)
 
-    def parameters(self, order: Sequence[ClusterNode | int] | None = None, **overrides: Any) -> list[pika.ConnectionParameters]:
+    def parameters(self, order: Sequence[ClusterNode | int] | None = None,
+                   **overrides: Any) -> list[pika.ConnectionParameters]:
         """One ``pika.ConnectionParameters`` per node (in ``order``), each tried once: give the list to
         ``pika.BlockingConnection``, which connects to the first that answers."""
         chosen = [self.nodes[n] if isinstance(n, int) else n for n in (order or self.nodes)]
@@ -373,55 +262,3 @@ class Cluster:
         """Each node's name, AMQP port and management UI, one per line."""
         return "\n".join(f"  {n.short} {n.node}: amqp 127.0.0.1:{n.port}, management UI {n.management_url} "
                          f"(guest / guest)" for n in self.nodes)
-
-
-def remove_cluster(cluster_id: str) -> int:
-    """Remove every container and network labelled with ``cluster_id``; how many things were removed."""
-    removed = 0
-    with docker_client() as client:
-        for c in client.containers.list(all=True, filters={"label": f"{CLUSTER_LABEL}={cluster_id}"}):
-            with contextlib.suppress(Exception):
-                c.remove(force=True, v=True)
-                removed += 1
-        for net in client.networks.list(filters={"label": f"{CLUSTER_LABEL}={cluster_id}"}):
-            with contextlib.suppress(Exception):
-                net.remove()
-                removed += 1
-    return removed
-
-
-def leftovers(cluster_id: str | None = None, run: str | None = None) -> list[str]:
-    """Containers and networks of a cluster (or of any cluster of test run ``run``) that still exist."""
-    label = f"{CLUSTER_LABEL}={cluster_id}" if cluster_id else CLUSTER_LABEL
-    with docker_client() as client:
-        found = [f"container {c.name}" for c in client.containers.list(all=True, filters={"label": label})]
-        found += [f"network {n.name}" for n in client.networks.list(filters={"label": label})]
-        if run and not cluster_id:
-            keep = {c.name for c in client.containers.list(all=True, filters={"label": f"org.voicelab.run-id={run}"})}
-            keep |= {n.name for n in client.networks.list(filters={"label": f"org.voicelab.run-id={run}"})}
-            found = [f for f in found if f.split(" ", 1)[1] in keep]
-    return found
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The watchdog: wait for the owner to exit, then remove the cluster; exit early once it is gone."""
-    p = argparse.ArgumentParser(prog="python -m voicelab.broker.cluster")
-    p.add_argument("owner", type=int)
-    p.add_argument("cluster_id")
-    a = p.parse_args(argv)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    checks = 0
-    while process_alive(a.owner):
-        time.sleep(0.5)
-        checks += 1
-        if checks % 10 == 0:
-            with contextlib.suppress(Exception), docker_client() as client:
-                if not client.networks.list(filters={"label": f"{CLUSTER_LABEL}={a.cluster_id}"}):
-                    return 0
-    with contextlib.suppress(Exception):
-        remove_cluster(a.cluster_id)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

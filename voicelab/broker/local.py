@@ -67,7 +67,8 @@ def server_version(server: str) -> tuple[int, int] | None:
     candidates = [*script.resolve().parents, *sorted(script.parent.parent.glob("lib/rabbitmq_server-*")),
                   *sorted(script.resolve().parent.parent.glob("lib/rabbitmq_server-*"))]
     for folder in candidates:
-        parts = folder.name.removeprefix("rabbitmq_server-").split(".") if folder.name.startswith("rabbitmq_server-") else []
+        name = folder.name
+        parts = name.removeprefix("rabbitmq_server-").split(".") if name.startswith("rabbitmq_server-") else []
         if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
             return int(parts[0]), int(parts[1])
     return None
@@ -121,9 +122,14 @@ class LocalBroker(Broker):
         if self.tls is not None:
             self.tls_port = free_port()
 
-    def _write_config(self) -> Path:
+    def _dir_prefix(self) -> str:
+        """The temporary folder's name before its random part: the owner's pid and the test run's id, which
+        leak checks look for in command lines (``-home /tmp/voicelab-node-PID-rRUN-...``)."""
         tag = f"r{run_id()}-" if run_id() else ""
-        d = Path(tempfile.mkdtemp(prefix=f"voicelab-node-{os.getpid()}-{tag}"))
+        return f"voicelab-node-{os.getpid()}-{tag}"
+
+    def _write_config(self) -> Path:
+        d = Path(tempfile.mkdtemp(prefix=self._dir_prefix()))
         plugins = PLUGINS
         if self.tls is not None and self.tls.cert_login:
             plugins = PLUGINS.replace("]", f",{CERT_LOGIN_PLUGIN}]")
@@ -132,7 +138,7 @@ class LocalBroker(Broker):
         if self.tls is not None:  # the node's own copy of the files, in its folder (deleted by stop())
             self._tls_dir = self.tls.copy_to(d / "tls")
             tls_conf = self.tls.conf(f"127.0.0.1:{self.tls_port}", str(self._tls_dir))
-        (d / "rabbitmq.conf").write_text(tls_conf + 
+        (d / "rabbitmq.conf").write_text(tls_conf +
             f"listeners.tcp.1 = 127.0.0.1:{self.port}\n"
             f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.management_port}\n"
             f"prometheus.tcp.ip = 127.0.0.1\nprometheus.tcp.port = {self.prometheus_port}\n"

@@ -11,7 +11,8 @@
 4. none: :class:`~voicelab.broker.base.BrokerUnavailable`, naming the ways to get one.
 
 An explicit choice (``VOICELAB_BACKEND``, ``backend=``, or ``VOICELAB_RABBITMQ_IMAGE``
-set) never falls back: you asked for that one, and get its error.
+set) never falls back: you asked for that one, and get its error. :func:`start_cluster` starts a
+cluster of nodes by the same rules (containers, or local rabbitmq-server nodes).
 
 Example::
 
@@ -30,9 +31,12 @@ import warnings
 from typing import Iterator, Literal, Mapping
 
 from .base import DEFAULT_IMAGE, HOW_TO_GET_A_BROKER, Broker, BrokerError, BrokerUnavailable, check_settings, is_live
+from .cluster import Cluster
 from .container import ContainerBroker
+from .container_cluster import ContainerCluster
 from .engine import docker_engine
 from .local import LocalBroker, find_rabbitmq_server
+from .local_cluster import LocalCluster
 from .tls import TlsFiles
 from .url import UrlBroker
 
@@ -148,6 +152,73 @@ def _start_on_this_machine(image: str | None, settings: Mapping[str, int] | None
     local.notice = (f"Docker could not provide {container.image} ({first}); "
                     f"using the local rabbitmq-server {local.version} instead")
     warnings.warn(local.notice, BackendFallback, stacklevel=3)
+    return local
+
+
+# -- a cluster: the same rules ---------------------------------------------------------------------------
+
+ClusterBackend = Literal["auto", "container", "local"]
+CLUSTER_BACKENDS = ("auto", "container", "local")
+
+
+def choose_cluster_backend(backend: ClusterBackend = "auto", image: str | None = None) -> tuple[str, bool]:
+    """``(backend, may_fall_back)`` for :func:`start_cluster`: ``("container", True)`` means containers, and a
+    local cluster if Docker cannot provide them. The rules of :func:`voicelab.broker.start_broker`:
+
+    an explicit ``backend`` or ``VOICELAB_BACKEND``: that one, no fallback; no Docker engine: local nodes (or
+    :class:`BrokerUnavailable` saying how to get a broker); Docker answers: containers, falling back to local
+    nodes only when no image was named (``image`` or ``VOICELAB_RABBITMQ_IMAGE``) and rabbitmq-server is
+    installed. ``VOICELAB_AMQP_URL`` plays no part: a cluster is always one voicelab starts.
+    """
+    if backend not in CLUSTER_BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, CLUSTER_BACKENDS))}, not {backend!r}")
+    if backend != "auto":
+        return backend, False
+    forced = os.environ.get("VOICELAB_BACKEND", "").strip()
+    if forced:
+        if forced not in ("container", "local"):
+            raise ValueError(f"VOICELAB_BACKEND must be 'container' or 'local', not {forced!r}")
+        return forced, False
+    if not docker_engine()[0]:
+        if find_rabbitmq_server() is None:
+            raise BrokerUnavailable("a cluster needs nodes voicelab starts itself.\n" + HOW_TO_GET_A_BROKER)
+        return "local", False
+    named = image is not None or bool(os.environ.get("VOICELAB_RABBITMQ_IMAGE"))
+    return "container", not named and find_rabbitmq_server() is not None
+
+
+def start_cluster(size: int = 3, backend: ClusterBackend = "auto", image: str | None = None,
+                  settings: Mapping[str, int] | None = None) -> Cluster:
+    """A started cluster of ``size`` nodes on this machine (see :func:`choose_cluster_backend`); stop it with
+    ``stop()`` or ``with``.
+
+    Example::
+
+        with start_cluster() as cluster:
+            print(cluster.kind, cluster.formed_s)
+    """
+    chosen, fall_back = choose_cluster_backend(backend, image)
+    if chosen == "local":
+        return LocalCluster(size, settings).start()
+    ok, detail = docker_engine()
+    if not ok:
+        raise BrokerUnavailable(f"backend 'container': {detail}.\n" + HOW_TO_GET_A_BROKER)
+    containers = ContainerCluster(image, size, settings)
+    if not fall_back:
+        return containers.start()
+    try:
+        return containers.start()
+    except Exception as container_error:  # noqa: BLE001 - whatever Docker said (BrokerError, the engine's errors)
+        first = str(container_error).splitlines()[0]
+        try:
+            local = LocalCluster(size, settings).start()
+        except BrokerError as local_error:
+            raise BrokerUnavailable(
+                f"No backend could start a cluster.\n- Docker ({containers.image}): {container_error}\n"
+                f"- local rabbitmq-server: {local_error}\n{HOW_TO_GET_A_BROKER}") from None
+    local.notice = (f"Docker could not provide {containers.image} ({first}); "
+                    f"using {local.kind} (RabbitMQ {local.version}) instead")
+    warnings.warn(local.notice, BackendFallback, stacklevel=2)
     return local
 
 

@@ -11,8 +11,8 @@ Every function restores the cluster (the killed nodes started again) before it r
 
 Example::
 
-    from voicelab.broker.cluster import Cluster
-    with Cluster().start() as cluster:
+    from voicelab.broker import start_cluster
+    with start_cluster() as cluster:
         run = leader_kill(cluster, "jobs09", n=2000)
         print(run.summary())
 """
@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -37,14 +38,27 @@ PERSISTENT = pika.BasicProperties(delivery_mode=2)
 
 
 def cluster_caption(cluster: Cluster) -> str:
-    """``"RabbitMQ 4.3.6, cluster of 3 containers voicelab/rabbitmq:4.3 on 2 cores ..."`` for a figure."""
+    """``"RabbitMQ 4.3.6, cluster of 3 containers of voicelab/rabbitmq:4.3 on 2 cores ..."`` (or ``... of 3 local
+    rabbitmq-server nodes ...``) for a figure."""
     from .measure import machine
-    return f"RabbitMQ {cluster.version}, cluster of {len(cluster.nodes)} containers {cluster.image} on {machine()}"
+    return f"RabbitMQ {cluster.version}, cluster of {cluster.kind} on {machine()}"
 
 
 def cluster_banner(cluster: Cluster) -> str:
-    """What the notebook prints first: version, image, machine, and each node's AMQP port and management UI."""
-    return f"{cluster_caption(cluster)}\n{cluster.describe()}"
+    """What the notebook prints first: version, what the nodes are, machine, how the backend was chosen when the
+    first choice failed, and each node's AMQP port and management UI."""
+    notice = f"\nnote: {cluster.notice}" if cluster.notice else ""
+    return f"{cluster_caption(cluster)}{notice}\n{cluster.describe()}"
+
+
+def node_label(name: str) -> str:
+    """``"n1"`` for a node name of either backend (``rabbit@voicelab-1a2b3c4d-n1``, ``voicelab-1a2b3c4d-n1@localhost``).
+
+    >>> node_label("rabbit@voicelab-1a2b3c4d-n2"), node_label("voicelab-1a2b3c4d-n3@localhost")
+    ('n2', 'n3')
+    """
+    found = re.search(r"-(n\d+)(?:@|$)", name)
+    return found.group(1) if found else name
 LOST = (pika.exceptions.AMQPError, OSError)   # what pika raises when a node goes away under a connection
 
 
@@ -79,7 +93,7 @@ def wait_leader(cluster: Cluster, queue: str, not_on: set[str] = frozenset(), ti
 
 
 class Consumer(threading.Thread):
-    """A consumer thread on one node: prefetch 50, manual acks, every delivery recorded as ``(t, body, redelivered)``."""
+    """A consumer thread on one node: prefetch 50, manual acks, each delivery recorded as ``(t, body, redelivered)``."""
 
     def __init__(self, node: ClusterNode, queue: str, t0: float, prefetch: int = 50) -> None:
         super().__init__(daemon=True)
@@ -321,8 +335,8 @@ def plot_timeline(run: LeaderKill, caption: str, bin_s: float = 0.25) -> plt.Fig
     for frame, label in ((run.confirms, "publishes confirmed"), (run.deliveries, "deliveries to the consumer")):
         counts = pd.cut(frame["t"], bins).value_counts(sort=False) / bin_s
         ax.plot([b.left for b in counts.index], counts.to_numpy(), drawstyle="steps-post", label=label)
-    ax.axvline(run.t_kill, color="red", ls="--", label=f"leader {run.old_leader.split('-')[-1]} killed")
-    ax.axvline(run.t_elected, color="green", ls=":", label=f"new leader {run.new_leader.split('-')[-1]} "
+    ax.axvline(run.t_kill, color="red", ls="--", label=f"leader {node_label(run.old_leader)} killed")
+    ax.axvline(run.t_elected, color="green", ls=":", label=f"new leader {node_label(run.new_leader)} "
                                                           f"({run.election_s:.1f} s)")
     if run.t_restarted < end:
         ax.axvline(run.t_restarted, color="gray", ls="-.", label="killed node started again")
