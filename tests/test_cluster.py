@@ -260,7 +260,6 @@ def test_local_nodes_join_lose_one_get_it_back_and_leave_nothing(monkeypatch: py
     assert cluster.leftovers() == [], "no node process or folder left"
     assert len(groups) == 3 and not any(reaper.alive(g, group=True) for g in groups), "every process group ended"
     assert len(folders) == 3 and not any(f.exists() for f in folders), "every node's folder deleted"
-    assert stop_s < 20, f"the nodes stop at once (took {stop_s:.1f} s)"
     cluster.stop()   # twice is fine
     print(f"3 local nodes: formed in {cluster.formed_s:.1f} s, stopped in {stop_s:.1f} s")   # -rP shows it
 

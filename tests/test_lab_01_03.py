@@ -63,7 +63,8 @@ def test_throughput_helpers_move_every_message(any_broker: vb.Broker, channel) -
     before = published()
     rate, wall = _timed(publish_rate, any_broker, "t.bench", 200, 1000, confirm=True)
     assert 200 / wall <= rate < 1e6, (rate, wall)
-    mgmt.wait_for("t.bench", lambda q: q.get("message_stats", {}).get("publish", 0) - before >= 200, timeout=16)
+    mgmt.wait_for("t.bench", lambda q: q.get("message_stats", {}).get("publish", 0) - before >= 200,
+                  timeout=60)   # the statistics lag on a saturated machine: 57 of 200 after 16 s in CI
     assert published() - before == 200, "the broker counted a different number of publishes"
     refill(channel, "t.bench", [b"x" * 100] * 300, purge=True, confirm=False, persistent=False)
     assert channel.queue_declare("t.bench", passive=True).method.message_count == 300
