@@ -25,7 +25,7 @@ lab: doctor
 
 # Lanes (tests/lanes.py): the unit tests (TEST_WORKERS pytest-xdist workers) beside the notebooks that count,
 # each on its own brokers; then, alone, the notebooks that measure rates and cores. `pytest` alone runs it all serially.
-TEST_WORKERS ?= 6
+TEST_WORKERS ?= 4
 test: doctor
 	$(PY) tests/lanes.py --workers $(TEST_WORKERS)
 

@@ -102,7 +102,7 @@ def notebooks(prefixes: tuple[str, ...]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workers", type=int, default=int(os.environ.get("TEST_WORKERS", "6")))
+    p.add_argument("--workers", type=int, default=int(os.environ.get("TEST_WORKERS", "4")))
     p.add_argument("--add", nargs="+", metavar="LOG:EXIT", help="only print the closing line over these pytest "
                    "logs, each with its exit code (how .ci/run adds its own lane to make test's)")
     a = p.parse_args(argv)
