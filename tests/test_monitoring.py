@@ -84,6 +84,7 @@ def _backlog(broker: vb.Broker) -> tuple[backlog.BacklogRun, backlog.LiveView, d
     return run, live, pred
 
 
+@pytest.mark.ends_versions   # the management API's and Prometheus' freshness on 3.x and 4.x (4.0 is 4.3's twin here)
 def test_backlog_freshness_drain_prediction_and_live_view(any_broker: vb.Broker) -> None:
     run, live, pred = _backlog(any_broker)
     try:
