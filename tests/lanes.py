@@ -6,7 +6,7 @@
 Stage 1 runs together: the unit tests (pytest-xdist workers) and the notebooks whose claims are counts,
 outcomes and ratios of two runs made side by side (a message lost or kept, a retry that counts, a job
 accounted for, batched acks or confirms against one at a time): they must hold on a busy machine, and running
-them beside the units shows that they do (02 and 05 also run beside the units on the local node in CI). Stage 2
+them beside the units shows that they do (.ci/run runs 02 and 09 beside them on local nodes). Stage 2
 runs alone: the notebooks whose claims rest on absolute rates, cores and staleness (throughput against
 prefetch, threads and processes against cores, monitoring figures and drain predictions).
 Each lane gets its own ``VOICELAB_RUN_ID``, so that its leak check counts its own brokers only. A lane's
@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # counts, outcomes, ratios shown to hold on a busy machine: two lanes of about equal length
 SHARED = (("05", "08", "00"), ("02", "09", "06", "06b", "10"))
 ALONE = ("01", "03", "04", "07")              # absolute rates, cores, staleness: measured alone
-# also on the oldest image (3.10): 05 durability and deprecated features, 10 accounts and TLS (.ci/run runs 02
-# and 09 on local 3.10 nodes)
-OLDEST = ("05", "10")
+# also on the oldest image (3.10): 10 accounts and TLS (.ci/run runs 02 and 09 on local 3.10 nodes; 05's facts on
+# 3.10 are test_durability's and test_publishing's, on every image)
+OLDEST = ("10",)
 COUNTS = ("passed", "failed", "errors", "skipped")
 
 

@@ -216,13 +216,15 @@ def publish_bodies(channel: BlockingChannel, queue: str, bodies: Iterable[Body],
         job_properties() if persistent else pika.BasicProperties(delivery_mode=pika.DeliveryMode.Transient))
     job_ids = properties is None and persistent
     if confirm:
-        confirm_mode(channel)
+        confirm_mode(channel)   # mandatory publishes: a missing queue comes back as UnroutableError
         publisher = channel
     else:  # a transaction on a side channel: the caller's channel stays as it was (not transactional)
         publisher = channel.connection.channel()
-        publisher.tx_select()
     sent = 0
     try:
+        if not confirm:
+            publisher.queue_declare(queue, passive=True)   # a missing queue: 404 here, not messages dropped
+            publisher.tx_select()
         for body in bodies:
             raw = encode_body(body)
             publisher.basic_publish("", queue, raw, _job_message_id(props, raw) if job_ids else props,

@@ -428,12 +428,17 @@ class Broker(ABC):
                 return self
             except PortInUse as e:
                 last = e
-                self.stop()
-                if not fresh:
+                if not fresh:   # kill, not stop: its data stays on disk for a start() once the port is free
+                    self._halt()
                     raise PortInUse(e.port, ": it is this broker's own port since its first start, and clients "
-                                            "expect it there; free it, or stop() and start a new broker") from None
-            except BaseException:
+                                            "expect it there; free it and start() again, or stop() and start a "
+                                            "new broker") from None
                 self.stop()
+            except BaseException:
+                if fresh:
+                    self.stop()
+                else:   # a start after kill() that failed (or a Ctrl-C): keep the data, as kill() did
+                    self._halt()
                 raise
         assert last is not None
         raise BrokerUnavailable(f"{type(self).__name__} could not start: {PORT_ATTEMPTS} sets of ports were taken "
@@ -470,6 +475,11 @@ class Broker(ABC):
     @abstractmethod
     def restart(self) -> None:
         """Graceful restart: durable queues and persistent messages survive, transient ones do not."""
+
+    def _halt(self) -> None:
+        """Make sure no process of this broker runs, keeping its data (a failed start after ``kill()``)."""
+        with contextlib.suppress(Exception):
+            self.kill()
 
     def _unregister(self) -> None:
         """Forget this broker in the exit-time clean-up (called by ``stop()``)."""

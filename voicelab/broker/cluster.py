@@ -148,8 +148,11 @@ class Cluster(ABC):
     def start(self) -> Cluster:
         """Start every node at once, join nodes 2.. to ``nodes[0]``, wait until all see all; returns ``self``.
 
-        Anything that fails (or a Ctrl-C) on the way removes what was started.
+        Anything that fails (or a Ctrl-C) on the way removes what was started. A cluster that has formed is
+        returned as it is (running a notebook cell twice must not tear it down).
         """
+        if self.formed_s is not None and any(n.running for n in self.nodes):
+            return self
         t0 = time.monotonic()
         _CLUSTERS.add(self)
         try:
@@ -176,7 +179,8 @@ class Cluster(ABC):
                 node.stop()
 
         _each(self.nodes, stop)
-        self._cleanup()
+        with contextlib.suppress(Exception):   # e.g. Docker is what failed: the caller's error is the one to see
+            self._cleanup()
 
     def __enter__(self) -> Cluster:
         return self

@@ -208,6 +208,8 @@ def start_cluster(size: int = 3, backend: ClusterBackend = "auto", image: str | 
         return containers.start()
     try:
         return containers.start()
+    except ValueError:   # a wrong argument (an unknown setting): the local nodes would refuse it too
+        raise
     except Exception as container_error:  # noqa: BLE001 - whatever Docker said (BrokerError, the engine's errors)
         first = str(container_error).splitlines()[0]
         try:
@@ -216,9 +218,13 @@ def start_cluster(size: int = 3, backend: ClusterBackend = "auto", image: str | 
             raise BrokerUnavailable(
                 f"No backend could start a cluster.\n- Docker ({containers.image}): {container_error}\n"
                 f"- local rabbitmq-server: {local_error}\n{HOW_TO_GET_A_BROKER}") from None
-    local.notice = (f"Docker could not provide {containers.image} ({first}); "
-                    f"using {local.kind} (RabbitMQ {local.version}) instead")
-    warnings.warn(local.notice, BackendFallback, stacklevel=2)
+    try:
+        local.notice = (f"Docker could not provide {containers.image} ({first}); "
+                        f"using {local.kind} (RabbitMQ {local.version}) instead")
+        warnings.warn(local.notice, BackendFallback, stacklevel=2)
+    except BaseException:   # e.g. warnings as errors: the nodes must not outlive the call
+        local.stop()
+        raise
     return local
 
 

@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(0.5)
         checks += 1
         if checks % 10 == 0:  # every 5 s: is the broker gone already? then nothing to watch
-            if a.pgid and not alive(a.pgid, group=True):
+            # (a node killed with kill() keeps its folder for start(): watched until the folder goes too)
+            if a.pgid and not alive(a.pgid, group=True) and not (a.path and os.path.exists(a.path)):
                 return 0
             if a.container:
                 try:

@@ -194,13 +194,15 @@ class _Killer(threading.Thread):
         self.broker, self.progress, self.kill_after, self.down = broker, progress, kill_after, down
         self.killed_at = -1
         self.dead = threading.Event()   # set once the kill has been sent
+        self.cancel = threading.Event()   # set by a publisher that failed before the kill: no kill then
         self.error: BaseException | None = None
         self.start()
 
     def run(self) -> None:
         t0 = time.monotonic()
         while self.progress() < self.kill_after and time.monotonic() - t0 < 60:
-            time.sleep(0.001)
+            if self.cancel.wait(0.001):
+                return
         self.killed_at = self.progress()
         try:
             self.broker.kill()
@@ -277,28 +279,47 @@ def _publish_unconfirmed_through_kill(broker: Broker, queue: str, n: int, kill_a
     props = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
     killer = _Killer(broker, lambda: sending[0], kill_after, down)
     deadline = time.monotonic() + 120
-    connection = broker.connect()
-    channel = connection.channel()
-    i = -1
-    # n messages, and more if the kill has not been sent by then (a busy machine can take longer to kill the broker
-    # than the publisher takes to send the rest): the kill must land in the middle of the run
-    while (i := i + 1) < n or (not killer.dead.is_set() and killer.is_alive() and time.monotonic() < deadline):
-        sending[0] = i
-        try:
-            publish_unconfirmed(channel, queue, [str(i).encode()], properties=props)
-            believed.add(i)
-        except (pika.exceptions.AMQPError, OSError):
-            failed += 1
-            while time.monotonic() < deadline:   # reconnect, as any production publisher would
-                try:
-                    connection = broker.connect(connection_attempts=1)
-                    channel = connection.channel()
-                    break
-                except (pika.exceptions.AMQPError, OSError):
-                    time.sleep(0.2)
-    killer.finish()
-    with contextlib.suppress(pika.exceptions.AMQPError, OSError):   # a connection opened before the kill is dead
-        connection.close()   # the broker handles a connection's frames in order: its publishes, then the close
+    connection: pika.BlockingConnection | None = None
+    i, since_kill = -1, 0
+    try:
+        connection = broker.connect()
+        channel = connection.channel()
+
+        def going_on() -> bool:
+            """n messages, and more until the kill has been sent and the publisher has gone on 200 more or
+            failed (a busy machine can take longer to kill the broker than the publisher takes to send the
+            rest): the kill lands while the publisher publishes, as in production."""
+            if i < n:
+                return True
+            if time.monotonic() > deadline or not (killer.is_alive() or killer.dead.is_set()):
+                return False
+            return not killer.dead.is_set() or (since_kill < 200 and failed == 0)
+
+        while (i := i + 1) < n or going_on():
+            sending[0] = i
+            since_kill += killer.dead.is_set()
+            try:
+                publish_unconfirmed(channel, queue, [str(i).encode()], properties=props)
+                believed.add(i)
+            except (pika.exceptions.AMQPError, OSError):
+                failed += 1
+                while time.monotonic() < deadline:   # reconnect, as any production publisher would
+                    with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                        connection.close()
+                    try:
+                        connection = broker.connect(connection_attempts=1)
+                        channel = connection.channel()
+                        break
+                    except (pika.exceptions.AMQPError, OSError):
+                        time.sleep(0.2)
+    except BaseException:
+        killer.cancel.set()   # not killed yet: not now either (a started kill still ends with a start)
+        raise
+    finally:
+        killer.finish()   # the broker is up again before anything else happens (a Ctrl-C included)
+        if connection is not None:
+            with contextlib.suppress(pika.exceptions.AMQPError, OSError):   # one opened before the kill is dead
+                connection.close()   # the broker handles a connection's frames in order: publishes, then close
     return believed, {"sent": i, "failed_publishes": failed, "republished": 0, "reconnects": None,
                       "killed_at": killer.killed_at}
 

@@ -80,7 +80,7 @@ def read_stream(broker: Any, stream: str, offset: Any = "first", prefetch: int =
     with broker.connect() as connection:
         ch = connection.channel()
         ch.basic_qos(prefetch_count=prefetch)                       # required for a stream consumer
-        t0 = time.perf_counter()
+        t0 = last = time.perf_counter()
         deadline = time.monotonic() + timeout
         for method, props, body in ch.consume(stream, arguments={"x-stream-offset": offset},
                                               inactivity_timeout=idle_s):
@@ -90,12 +90,13 @@ def read_stream(broker: Any, stream: str, offset: Any = "first", prefetch: int =
                 if expect is None:
                     break
                 continue
+            last = time.perf_counter()
             out.bodies.append(int(body))
             out.offsets.append(int((props.headers or {}).get("x-stream-offset", -1)))
             ch.basic_ack(method.delivery_tag)                          # acks give the consumer credit
             if expect is not None and len(out.bodies) >= expect:
                 break
-        out.seconds = time.perf_counter() - t0 - (idle_s if expect is None or len(out.bodies) < expect else 0)
+        out.seconds = last - t0 if out.bodies else 0.0   # to the last message: no waiting after it counted
         ch.cancel()
     return out
 
