@@ -83,6 +83,21 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("VOICELAB_RUN_ID", uuid.uuid4().hex[:12])
 
 
+# Seconds per test file in CI (2 cores, stage 1 of tests/lanes.py, 2026-12-01): the longest files go to the
+# xdist workers first (loadfile hands out files in item order), so that none starts near the end.
+FILE_SECONDS = {"test_durability.py": 239, "test_checkers_05.py": 211, "test_broker.py": 186, "test_cluster.py": 162,
+                "test_broker_start.py": 127, "test_cleanup.py": 121, "test_checkers_08.py": 102,
+                "test_reconnect.py": 100, "test_deadletters.py": 90, "test_publishing.py": 89,
+                "test_checkers_00_04.py": 86, "test_retry.py": 82, "test_checkers_07.py": 80,
+                "test_checkers_06.py": 74, "test_lab_01_03.py": 68, "test_concurrency.py": 63,
+                "test_checkers_09.py": 57, "test_monitoring.py": 55, "test_alerts.py": 45}
+
+
+def _longest_files_first(items: list[pytest.Item]) -> None:
+    """Stable: each file's tests keep their order; notebooks and unlisted files keep theirs, after the listed."""
+    items.sort(key=lambda item: -FILE_SECONDS.get(Path(str(item.fspath)).name, 0))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests on ``any_broker`` run on the newest image only, unless marked ``all_versions`` (every image) or
     ``ends_versions`` (the oldest and the newest: the exercise checkers, whose verdicts must hold at both ends).
@@ -91,6 +106,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     retries, monitoring endpoints) carries the marker and runs on every image; a test of voicelab's
     own mechanics runs once. ``VOICELAB_ALL_VERSIONS=1`` runs every test on every image.
     """
+    _longest_files_first(items)
     oldest, newest = images()[0], images()[-1]
     if os.environ.get("VOICELAB_ALL_VERSIONS") == "1" or len(images()) < 2:
         return
