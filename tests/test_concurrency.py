@@ -37,11 +37,12 @@ def _settled_acks(broker: vb.Broker, quiet: float = 6.0, timeout: float = 30.0) 
     return last
 
 
-def _acks_since(broker: vb.Broker, before: int, expected: int, timeout: float = 16.0) -> int:
+def _acks_since(broker: vb.Broker, before: int, expected: int, timeout: float = 60.0) -> int:
     """Acks counted by the broker since ``before``, once they reach ``expected`` or stop changing.
 
     The management agent samples every 5 s: poll until the count reaches ``expected``, or until it has
-    stayed put across more than one sample period (then it is final, and the caller's assert says why).
+    stayed put across several sample periods (then it is final, and the caller's assert says why). On a
+    saturated machine the count stood still for over 11 s and then caught up (CI: 4 of 44 at 11 s).
     """
     deadline = time.monotonic() + timeout
     last, since = _broker_acks(broker) - before, time.monotonic()
@@ -50,7 +51,7 @@ def _acks_since(broker: vb.Broker, before: int, expected: int, timeout: float = 
         now = _broker_acks(broker) - before
         if now != last:
             last, since = now, time.monotonic()
-        elif time.monotonic() - since > 11:
+        elif time.monotonic() - since > 30:
             break
     return last
 
