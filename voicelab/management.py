@@ -97,7 +97,7 @@ class Management:
         """
         return count_states(self.get("connections?columns=name,state"))
 
-    def wait_for(self, queue: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 15.0) -> dict[str, Any]:
+    def wait_for(self, queue: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30.0) -> dict[str, Any]:
         """Poll ``queue`` until ``predicate(counters)`` holds; return the counters (TimeoutError otherwise)."""
         deadline = time.monotonic() + timeout
         while True:
