@@ -7,8 +7,9 @@ Stage 1 runs together: the unit tests (pytest-xdist workers) and the notebooks w
 outcomes and ratios of two runs made side by side (a message lost or kept, a retry that counts, a job
 accounted for, batched acks or confirms against one at a time): they must hold on a busy machine, and running
 them beside the units shows that they do (.ci/run runs 02 and 09 beside them on local nodes). Stage 2
-runs alone: the notebooks whose claims rest on absolute rates, cores and staleness (throughput against
-prefetch, threads and processes against cores, monitoring figures and drain predictions).
+runs without the units the notebooks whose claims rest on rates and staleness (01 and 03 throughput against
+prefetch beside 07 monitoring figures and drain predictions), stage 3 the one about cores (04, threads and
+processes against cores) with the machine to itself.
 Each lane gets its own ``VOICELAB_RUN_ID``, so that its leak check counts its own brokers only. A lane's
 output goes to ``.lanes/<name>.log`` and is printed when the lane ends; the last line adds the lanes up.
 """
@@ -29,7 +30,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # counts, outcomes, ratios shown to hold on a busy machine: two lanes of about equal length
 SHARED = (("05", "08", "00"), ("02", "09", "06", "06b", "10"))
-ALONE = ("01", "03", "04", "07")              # absolute rates, cores, staleness: measured alone
+# absolute rates, cores, staleness: measured without the units beside them. 07 (statistics' staleness, drains
+# sized from rates it measures, alert scenarios sized from its consumers' rate) beside 01 and 03 (rates compared
+# within each run); then 04 (threads and processes against the cores) with the machine to itself.
+ALONE = (("01", "03"), ("07",))
+CORES_ALONE = ("04",)
 # also on the oldest image (3.10): 10 accounts and TLS (.ci/run runs 02 and 09 on local 3.10 nodes; 05's facts on
 # 3.10 are test_durability's and test_publishing's, on every image)
 OLDEST = ("10",)
@@ -117,13 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     images = [i for i in os.environ.get("VOICELAB_TEST_IMAGES", "").split(",") if i]
     if len(images) > 1:   # the newest image runs them in notebooks-shared
         stage1.append(Lane("notebooks-oldest", notebooks(OLDEST), env={"VOICELAB_RABBITMQ_IMAGE": images[0]}))
-    stage2 = [Lane("notebooks-alone", notebooks(ALONE))]
+    stage2 = [Lane(f"notebooks-alone-{i + 1}", notebooks(part)) for i, part in enumerate(ALONE)]
+    stage3 = [Lane("notebooks-cores", notebooks(CORES_ALONE))]
     codes = []
-    for stage in (stage1, stage2):
+    for stage in (stage1, stage2, stage3):
         for lane in stage:
             lane.start(run_id)
         codes += [lane.wait() for lane in stage]
-    lanes = stage1 + stage2
+    lanes = stage1 + stage2 + stage3
     print("\n" + "; ".join(f"{lane.name} {lane.seconds:.0f} s" for lane in lanes)
           + f"; total {time.monotonic() - t0:.0f} s")
     print(total_line([lane.counts for lane in lanes]))
