@@ -65,8 +65,14 @@ def _check_plan(fn: Callable[..., Any]) -> str:
         raise Wrong(f"prefetch must be an int >= 0 (0 = unlimited), got {prefetch!r}")
     capacity = consumers / JOB_SECONDS   # jobs/s these consumers can do at best
 
+    # Hoarding needs room to hoard: with a prefetch of 1 or 2 a consumer holds at most two jobs, and an uneven
+    # busy time comes from the machine (threads descheduled on a busy one: 1.7x was seen at 8 x 1 in CI).
+    can_hoard = prefetch == 0 or prefetch > 2
+
     def balanced(result: tuple[Any, ...]) -> None:
         rate, busy, per = result
+        if not can_hoard:
+            return
         if consumers > 1 and busy.max() > HOARDING:
             raise Wrong(f"{busy.idxmax()} was busy {busy.max():.1f}x as long as the average consumer ({per}): at "
                         f"prefetch {prefetch or 'unlimited'} the broker handed it its share of the jobs up front, "
